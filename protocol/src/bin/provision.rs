@@ -1,0 +1,58 @@
+//! `clothesline-provision`: creates or updates the JetStream streams and consumers, then exits.
+//! Idempotent; run it before (or after) starting the tiers, e.g. as a one-shot compose service.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use clothesline_protocol::provision::{Topology, provision};
+use clothesline_protocol::runtime::{LogArgs, NatsArgs};
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Create or update clothesline's JetStream streams and consumers"
+)]
+struct Args {
+    #[command(flatten)]
+    nats: NatsArgs,
+    #[command(flatten)]
+    log: LogArgs,
+    /// Folder with the definitions (`*.stream.json`, `*.consumer.json`); the built-in ones otherwise.
+    #[arg(long, env = "JETSTREAM_DEFINITIONS")]
+    definitions: Option<PathBuf>,
+    /// Stream replicas (3 on a clustered NATS).
+    #[arg(long, env = "JETSTREAM_REPLICAS", default_value_t = 1)]
+    replicas: usize,
+    /// Give up after this many seconds without a NATS connection.
+    #[arg(long, env = "PROVISION_TIMEOUT_SECS", default_value_t = 60)]
+    timeout_secs: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    args.log.init();
+    let topology = match &args.definitions {
+        Some(dir) => Topology::from_dir(dir)?,
+        None => Topology::builtin(),
+    }
+    .with_replicas(args.replicas);
+    let work = async {
+        let client = args.nats.connect("clothesline-provision").await?;
+        let js = async_nats::jetstream::new(client.clone());
+        provision(&js, &topology).await?;
+        client.flush().await?;
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(args.timeout_secs), work)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "NATS at {} not reachable within {} s",
+                args.nats.url,
+                args.timeout_secs
+            )
+        })??;
+    println!("provisioned streams and consumers on {}", args.nats.url);
+    Ok(())
+}

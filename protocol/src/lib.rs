@@ -1,0 +1,23 @@
+//! The wire contract shared by every clothesline tier.
+//!
+//! Tiers never depend on each other, only on this crate. It holds:
+//! - [`names`]: stream, subject, consumer and header names;
+//! - [`messages`]: the request, tensor and reply messages and their encodings;
+//! - [`error`]: one error type with stable codes and its HTTP status mapping;
+//! - [`manifest`]: the model manifest every tier reads;
+//! - [`provision`]: idempotent creation of the JetStream streams and consumers;
+//! - [`meta`]: the per-request metadata carried in NATS headers;
+//! - [`runtime`]: what every binary shares (NATS connection options, logging, shutdown, health server).
+
+pub mod error;
+pub mod manifest;
+pub mod messages;
+pub mod meta;
+pub mod names;
+pub mod provision;
+pub mod runtime;
+
+pub use error::{Error, ErrorCode};
+pub use manifest::Manifest;
+pub use messages::{ClassifyRequest, ModelRef, Prediction, Reply, TensorMessage, Timings};
+pub use meta::RequestMeta;

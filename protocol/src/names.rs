@@ -1,0 +1,42 @@
+//! Names of streams, subjects, durable consumers and headers: the fixed vocabulary of the contract.
+
+/// Work-queue stream holding classification requests (JSON `{"url"}` or raw image bytes).
+pub const REQUESTS_STREAM: &str = "CLOTHESLINE_REQUESTS";
+/// Subject the requests stream captures; publish requests here.
+pub const REQUESTS_SUBJECT: &str = "clothesline.requests";
+/// Durable pull consumer the preprocessors share on the requests stream.
+pub const PREPROCESSOR_CONSUMER: &str = "preprocessor";
+
+/// Work-queue stream holding preprocessed tensors (MessagePack [`crate::TensorMessage`]).
+pub const TENSORS_STREAM: &str = "CLOTHESLINE_TENSORS";
+/// Subject the tensors stream captures.
+pub const TENSORS_SUBJECT: &str = "clothesline.tensors";
+/// Durable pull consumer the gpu-workers share on the tensors stream.
+pub const GPU_WORKER_CONSUMER: &str = "gpu-worker";
+
+/// Prefix of the per-ingress reply subjects: `clothesline.replies.<instance>`.
+pub const REPLIES_PREFIX: &str = "clothesline.replies";
+
+/// Request id: a unique id per request, also used as `Nats-Msg-Id` for de-duplication.
+pub const HEADER_REQUEST_ID: &str = "Clothesline-Request-Id";
+/// Core-NATS subject on which the finishing tier publishes the JSON [`crate::Reply`].
+pub const HEADER_REPLY_TO: &str = "Clothesline-Reply-To";
+/// Absolute deadline, milliseconds since the Unix epoch; work past it is dropped.
+pub const HEADER_DEADLINE: &str = "Clothesline-Deadline";
+/// W3C trace context, passed through unchanged.
+pub const HEADER_TRACEPARENT: &str = "traceparent";
+/// MIME type of the payload: `application/json` or `image/*` on requests,
+/// `application/msgpack` on tensors, `application/json` on replies.
+pub const HEADER_CONTENT_TYPE: &str = "Content-Type";
+/// On replies that carry an error: its stable code (see [`crate::ErrorCode`]).
+pub const HEADER_ERROR: &str = "Clothesline-Error";
+/// JetStream's de-duplication header.
+pub const HEADER_NATS_MSG_ID: &str = "Nats-Msg-Id";
+
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+pub const CONTENT_TYPE_MSGPACK: &str = "application/msgpack";
+
+/// The reply subject of one ingress instance.
+pub fn reply_subject(instance: &str) -> String {
+    format!("{REPLIES_PREFIX}.{instance}")
+}

@@ -1,0 +1,196 @@
+//! What every clothesline binary shares: NATS connection options, logging, the shutdown signal,
+//! and the small HTTP server with `/healthz`, `/readyz` and `/metrics` that worker tiers expose.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+
+/// NATS connection options, shared by every tier's command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma separated.
+    #[arg(
+        long = "nats-url",
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub url: String,
+    /// NATS credentials file (JWT + nkey seed).
+    #[arg(long = "nats-creds", env = "NATS_CREDS")]
+    pub creds: Option<std::path::PathBuf>,
+    /// NATS user name (with --nats-password).
+    #[arg(long = "nats-user", env = "NATS_USER")]
+    pub user: Option<String>,
+    /// NATS password.
+    #[arg(long = "nats-password", env = "NATS_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+}
+
+impl NatsArgs {
+    pub fn local(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            creds: None,
+            user: None,
+            password: None,
+        }
+    }
+
+    /// Connects, naming the connection after the tier. The first connection is retried in the
+    /// background, so a tier can start before NATS; readiness reports the connection state.
+    pub async fn connect(&self, name: &str) -> anyhow::Result<async_nats::Client> {
+        let mut opts = async_nats::ConnectOptions::new()
+            .name(name)
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .event_callback(|event| async move { tracing::info!(%event, "nats connection event") });
+        if let Some(creds) = &self.creds {
+            opts = opts.credentials_file(creds).await?;
+        }
+        if let (Some(user), Some(password)) = (&self.user, &self.password) {
+            opts = opts.user_and_password(user.clone(), password.clone());
+        }
+        Ok(opts.connect(self.url.as_str()).await?)
+    }
+}
+
+/// Whether the client is connected right now.
+pub fn nats_connected(client: &async_nats::Client) -> bool {
+    client.connection_state() == async_nats::connection::State::Connected
+}
+
+/// Log output options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// Log format: `plain` for people, `json` for log collectors.
+    #[arg(long = "log-format", env = "LOG_FORMAT", default_value = "plain", value_parser = ["plain", "json"])]
+    pub format: String,
+    /// Log filter, as RUST_LOG (e.g. `info,clothesline_ingress=debug`).
+    #[arg(long = "log", env = "RUST_LOG", default_value = "info")]
+    pub filter: String,
+}
+
+impl LogArgs {
+    pub fn init(&self) {
+        let filter = tracing_subscriber::EnvFilter::try_new(&self.filter)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        if self.format == "json" {
+            builder.json().init();
+        } else {
+            builder.init();
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("Ctrl-C received, shutting down"),
+        _ = term => tracing::info!("SIGTERM received, shutting down"),
+    }
+}
+
+/// A token cancelled when `shutdown` resolves, for tasks that need to observe it many times.
+pub fn token_from(shutdown: impl Future<Output = ()> + Send + 'static) -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown => t.cancel(),
+            _ = t.cancelled() => {}
+        }
+    });
+    token
+}
+
+/// Readiness check: `Ok` when ready, `Err(reason)` otherwise.
+pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+#[derive(Clone)]
+struct HealthState {
+    ready: ReadyCheck,
+    registry: prometheus::Registry,
+}
+
+/// `/healthz` (alive), `/readyz` (the check), `/metrics` (Prometheus text format).
+pub fn health_router(ready: ReadyCheck, registry: prometheus::Registry) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(HealthState { ready, registry })
+}
+
+async fn readyz(State(s): State<HealthState>) -> impl IntoResponse {
+    match (s.ready)() {
+        Ok(()) => (StatusCode::OK, "ready".to_string()),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}"),
+        ),
+    }
+}
+
+async fn metrics(State(s): State<HealthState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        metrics_text(&s.registry),
+    )
+}
+
+/// The registry's metrics in the Prometheus text format.
+pub fn metrics_text(registry: &prometheus::Registry) -> String {
+    let mut buf = String::new();
+    let encoder = prometheus::TextEncoder::new();
+    if let Err(e) = encoder.encode_utf8(&registry.gather(), &mut buf) {
+        tracing::error!(error = %e, "cannot encode metrics");
+    }
+    buf
+}
+
+/// Serves [`health_router`] on `addr` until `shutdown` is cancelled; returns the bound address.
+pub async fn serve_health(
+    addr: SocketAddr,
+    ready: ReadyCheck,
+    registry: prometheus::Registry,
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let app = health_router(ready, registry);
+    let handle = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await });
+        if let Err(e) = served.await {
+            tracing::error!(error = %e, "health server failed");
+        }
+    });
+    Ok((local, handle))
+}
