@@ -1,0 +1,169 @@
+//! The boundary between the HTTP API and the pipeline: [`Backend::submit`] queues one request and
+//! waits for its reply. [`NatsBackend`] is the real one (JetStream publish + reply routing);
+//! unit tests of the API use a fake.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishErrorKind};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use protocol::messages::Outcome;
+use protocol::names::{REQUESTS_STREAM, REQUESTS_SUBJECT, TENSORS_STREAM};
+use protocol::{Error, ErrorCode, Prediction, RequestMeta};
+
+use crate::replies::ReplyRouter;
+
+/// One request to classify.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub request_id: String,
+    /// `application/json` for `{"url"}`, or the image's own type.
+    pub content_type: String,
+    pub payload: Bytes,
+    pub timeout: Duration,
+    pub traceparent: Option<String>,
+}
+
+pub trait Backend: Send + Sync + 'static {
+    /// Queues the job and waits for its result, at most until its deadline.
+    fn submit(&self, job: Job) -> BoxFuture<'static, Result<Prediction, Error>>;
+    /// `Ok` when requests can be queued now.
+    fn ready(&self) -> BoxFuture<'static, Result<(), String>>;
+}
+
+#[derive(Clone)]
+pub struct NatsBackend {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub router: ReplyRouter,
+}
+
+impl Backend for NatsBackend {
+    fn submit(&self, job: Job) -> BoxFuture<'static, Result<Prediction, Error>> {
+        let this = self.clone();
+        Box::pin(async move { this.submit_inner(job).await })
+    }
+
+    fn ready(&self) -> BoxFuture<'static, Result<(), String>> {
+        let this = self.clone();
+        Box::pin(async move {
+            if !protocol::runtime::nats_connected(&this.client) {
+                return Err("not connected to NATS".into());
+            }
+            for stream in [REQUESTS_STREAM, TENSORS_STREAM] {
+                match tokio::time::timeout(
+                    Duration::from_secs(2),
+                    this.js.get_stream_no_info(stream),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(format!("stream {stream}: {e}")),
+                    Err(_) => return Err(format!("stream {stream}: no answer from JetStream")),
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+impl NatsBackend {
+    async fn submit_inner(&self, job: Job) -> Result<Prediction, Error> {
+        let deadline = tokio::time::Instant::now() + job.timeout;
+        let mut meta = RequestMeta::new(Some(self.router.subject().to_string()), Some(job.timeout));
+        meta.request_id = job.request_id;
+        meta.traceparent = job.traceparent;
+        // Register before publishing, so a fast reply cannot arrive before anyone waits.
+        let mut waiter = self.router.register(&meta.request_id);
+        let headers = meta.to_headers(&job.content_type);
+        let ack = self
+            .js
+            .publish_with_headers(REQUESTS_SUBJECT, headers, job.payload)
+            .await
+            .map_err(publish_error)?;
+        match tokio::time::timeout_at(deadline, ack).await {
+            Err(_) => return Err(deadline_error(job.timeout)),
+            Ok(Err(e)) => return Err(publish_error(e)),
+            Ok(Ok(_)) => {}
+        }
+        match tokio::time::timeout_at(deadline, waiter.reply()).await {
+            Err(_) => Err(deadline_error(job.timeout)),
+            Ok(None) => Err(Error::new(ErrorCode::Unavailable, "reply routing stopped")),
+            Ok(Some(reply)) => match reply.outcome {
+                Outcome::Prediction(p) => Ok(p),
+                Outcome::Error(e) => Err(e),
+            },
+        }
+    }
+}
+
+fn deadline_error(timeout: Duration) -> Error {
+    Error::new(
+        ErrorCode::DeadlineExceeded,
+        format!(
+            "no answer within the deadline of {} ms",
+            timeout.as_millis()
+        ),
+    )
+}
+
+/// JetStream refusals mapped to stable codes: a full work queue (discard-new) is `queue_full`.
+pub fn publish_error(e: jetstream::context::PublishError) -> Error {
+    match e.kind() {
+        PublishErrorKind::StreamNotFound => Error::new(
+            ErrorCode::Unavailable,
+            "the requests stream does not exist (not provisioned?)",
+        ),
+        PublishErrorKind::MaxPayloadExceeded => {
+            Error::new(ErrorCode::TooLarge, "request larger than NATS accepts")
+        }
+        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => Error::new(
+            ErrorCode::Unavailable,
+            format!("JetStream did not store the request: {e}"),
+        ),
+        _ => {
+            let detail = std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| e.to_string());
+            if is_queue_full(&detail) {
+                Error::new(
+                    ErrorCode::QueueFull,
+                    "the requests queue is full; retry later",
+                )
+            } else {
+                Error::new(
+                    ErrorCode::Unavailable,
+                    format!("JetStream refused the request: {detail}"),
+                )
+            }
+        }
+    }
+}
+
+/// The server's words for a stream at its limits with discard-new (error code 10077 and kin).
+fn is_queue_full(detail: &str) -> bool {
+    let d = detail.to_ascii_lowercase();
+    [
+        "maximum messages",
+        "maximum bytes",
+        "resource limits exceeded",
+        "10077",
+        "10047",
+    ]
+    .iter()
+    .any(|needle| d.contains(needle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discard_new_refusals_read_as_queue_full() {
+        assert!(is_queue_full(
+            "maximum messages exceeded (error code 10077)"
+        ));
+        assert!(is_queue_full("Maximum bytes exceeded"));
+        assert!(!is_queue_full("permissions violation"));
+    }
+}

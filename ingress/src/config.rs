@@ -1,0 +1,48 @@
+//! Command-line and environment configuration of the ingress.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use protocol::runtime::{LogArgs, NatsArgs};
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "clothesline-ingress",
+    version,
+    about = "HTTP front door of clothesline"
+)]
+pub struct Config {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "INGRESS_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// Deadline of a request when the caller asks for none, in milliseconds.
+    #[arg(long, env = "INGRESS_TIMEOUT_MS", default_value_t = 30_000)]
+    pub timeout_ms: u64,
+    /// Longest deadline a caller may ask for (`X-Request-Timeout-Ms`), in milliseconds.
+    #[arg(long, env = "INGRESS_MAX_TIMEOUT_MS", default_value_t = 120_000)]
+    pub max_timeout_ms: u64,
+    /// Requests in flight in this instance; beyond it, 429 at once.
+    #[arg(long, env = "INGRESS_MAX_INFLIGHT", default_value_t = 1024)]
+    pub max_inflight: usize,
+    /// Largest accepted request body (uploaded image or JSON), in bytes.
+    #[arg(long, env = "INGRESS_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Name of this instance in its reply subject (`clothesline.replies.<id>`); unique per
+    /// process by default.
+    #[arg(long, env = "INGRESS_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+}
+
+impl Config {
+    pub fn default_timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    pub fn max_timeout(&self) -> Duration {
+        Duration::from_millis(self.max_timeout_ms)
+    }
+}

@@ -1,0 +1,74 @@
+//! Prometheus metrics of the ingress, registered in one registry served at `/metrics`.
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// Requests answered, by route and HTTP status.
+    pub requests: IntCounterVec,
+    /// Errors answered, by stable code.
+    pub errors: IntCounterVec,
+    /// End-to-end latency as seen by the ingress, by route.
+    pub latency: HistogramVec,
+    pub inflight: IntGauge,
+    /// Replies that arrived for no waiting caller (late or duplicate).
+    pub unmatched_replies: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "ingress_requests_total",
+                "Requests answered, by route and status",
+            ),
+            &["route", "status"],
+        )
+        .expect("valid metric");
+        let errors = IntCounterVec::new(
+            Opts::new("ingress_errors_total", "Errors answered, by code"),
+            &["code"],
+        )
+        .expect("valid metric");
+        let latency = HistogramVec::new(
+            HistogramOpts::new("ingress_request_seconds", "Time from request to answer")
+                .buckets(prometheus::exponential_buckets(0.002, 2.0, 14).expect("valid buckets")),
+            &["route"],
+        )
+        .expect("valid metric");
+        let inflight =
+            IntGauge::new("ingress_inflight", "Requests in flight").expect("valid metric");
+        let unmatched_replies = IntCounter::new(
+            "ingress_unmatched_replies_total",
+            "Late or duplicate replies dropped",
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(errors.clone()),
+            Box::new(latency.clone()),
+            Box::new(inflight.clone()),
+            Box::new(unmatched_replies.clone()),
+        ] {
+            registry.register(c).expect("metric registered once");
+        }
+        Self {
+            registry,
+            requests,
+            errors,
+            latency,
+            inflight,
+            unmatched_replies,
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
