@@ -1,5 +1,7 @@
 //! HTTP API tests with `oneshot` and a fake backend (the pipeline boundary is faked here; the
 //! integration suite in `tests/` runs the real one).
+#![allow(clippy::unwrap_used)]
+
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
