@@ -114,7 +114,7 @@ mod tests {
         assert_eq!(router.waiting(), 2);
 
         assert!(router.deliver(Reply::error("a", Error::new(ErrorCode::Internal, "x"))));
-        assert_eq!(a.reply().await.unwrap().request_id, "a");
+        assert_eq!(a.reply().await.expect("a reply").request_id, "a");
         // A duplicate of a's reply, and one for an unknown id: dropped and counted.
         assert!(!router.deliver(Reply::error("a", Error::new(ErrorCode::Internal, "x"))));
         assert!(!router.deliver(Reply::error("zzz", Error::new(ErrorCode::Internal, "x"))));

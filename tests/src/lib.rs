@@ -1,1 +1,33 @@
+//! Test harness for the integration suite: a real nats-server with JetStream on a free port
+//! ([`nats::NatsServer`]), a folder of images served on 127.0.0.1 ([`files::FileServer`]), and the
+//! three tiers as real processes ([`stack::Stack`]). Everything is killed on drop.
+#![allow(clippy::unwrap_used)]
 
+pub mod files;
+pub mod nats;
+pub mod paths;
+pub mod stack;
+
+/// A free TCP port on 127.0.0.1 (bound then released; the OS does not hand it out again at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout` with `what`.
+/// This waits for a condition (a server answering), it does not sleep in place of one.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,32 @@
+//! Serves a folder on 127.0.0.1 over HTTP, so image URLs in tests need no internet.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+pub struct FileServer {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FileServer {
+    pub async fn serve(dir: &Path) -> Self {
+        let app = axum::Router::new().fallback_service(tower_http::services::ServeDir::new(dir));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self { addr, task }
+    }
+
+    /// The URL of `path` (relative to the served folder).
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}/{}", self.addr, path.trim_start_matches('/'))
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

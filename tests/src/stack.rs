@@ -1,0 +1,153 @@
+//! The whole pipeline as real processes: nats-server, provisioning, ingress, preprocessor and
+//! gpu-worker, each on free ports, each waited for on its `/readyz`. Killed on drop.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use protocol::provision::{Topology, provision};
+
+use crate::nats::NatsServer;
+use crate::{free_port, paths, wait_until};
+
+/// Options of a stack; `Default` is the shipped model on CPU.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    pub manifest: PathBuf,
+    pub preprocessors: usize,
+    /// Extra arguments for each tier.
+    pub ingress_args: Vec<String>,
+    pub preprocessor_args: Vec<String>,
+    pub worker_args: Vec<String>,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            manifest: paths::manifest(),
+            preprocessors: 1,
+            ingress_args: vec![],
+            preprocessor_args: vec![],
+            worker_args: vec![],
+        }
+    }
+}
+
+/// A tier's process and the port of its HTTP endpoint (API or health/metrics).
+pub struct Tier {
+    pub name: String,
+    pub port: u16,
+    child: Child,
+}
+
+impl Tier {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Tier {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct Stack {
+    pub nats: NatsServer,
+    pub ingress: Tier,
+    pub preprocessors: Vec<Tier>,
+    pub worker: Tier,
+    pub http: reqwest::Client,
+}
+
+fn spawn(name: &str, bin: &str, port: u16, nats_url: &str, args: &[String]) -> Tier {
+    let log = std::env::var("CLOTHESLINE_TEST_LOG").unwrap_or_else(|_| "warn".into());
+    let child = Command::new(paths::bin(bin))
+        .current_dir(paths::repo_root())
+        .env("NATS_URL", nats_url)
+        .env("RUST_LOG", log)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(if std::env::var_os("CLOTHESLINE_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {bin}: {e}"));
+    Tier { name: name.to_string(), port, child }
+}
+
+async fn wait_ready(http: &reqwest::Client, tier: &Tier) {
+    let url = tier.url("/readyz");
+    wait_until(&format!("{} to be ready", tier.name), Duration::from_secs(180), || {
+        let (http, url) = (http.clone(), url.clone());
+        async move { http.get(&url).send().await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+    })
+    .await;
+}
+
+impl Stack {
+    pub async fn start(opts: StackOptions) -> Self {
+        let nats = NatsServer::start().await;
+        let js = async_nats::jetstream::new(nats.client().await);
+        provision(&js, &Topology::builtin()).await.unwrap();
+        let manifest = opts.manifest.display().to_string();
+        let url = nats.url();
+
+        let worker_port = free_port();
+        let mut worker_args = vec![
+            "--manifest".into(),
+            manifest.clone(),
+            "--http-addr".into(),
+            format!("127.0.0.1:{worker_port}"),
+            "--device".into(),
+            "cpu".into(),
+        ];
+        worker_args.extend(opts.worker_args.iter().cloned());
+        let worker = spawn("gpu-worker", "clothesline-gpu-worker", worker_port, &url, &worker_args);
+
+        let preprocessors = (0..opts.preprocessors)
+            .map(|i| {
+                let port = free_port();
+                let mut args = vec![
+                    "--manifest".into(),
+                    manifest.clone(),
+                    "--http-addr".into(),
+                    format!("127.0.0.1:{port}"),
+                    "--allow-private-addresses".into(),
+                ];
+                args.extend(opts.preprocessor_args.iter().cloned());
+                spawn(&format!("preprocessor-{i}"), "clothesline-preprocessor", port, &url, &args)
+            })
+            .collect::<Vec<_>>();
+
+        let ingress_port = free_port();
+        let mut ingress_args = vec!["--http-addr".into(), format!("127.0.0.1:{ingress_port}")];
+        ingress_args.extend(opts.ingress_args.iter().cloned());
+        let ingress = spawn("ingress", "clothesline-ingress", ingress_port, &url, &ingress_args);
+
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
+        wait_ready(&http, &ingress).await;
+        for p in &preprocessors {
+            wait_ready(&http, p).await;
+        }
+        wait_ready(&http, &worker).await;
+        Self { nats, ingress, preprocessors, worker, http }
+    }
+
+    /// `POST /predict {"url": url}`: the status and the JSON body.
+    pub async fn predict(&self, url: &str) -> (u16, serde_json::Value) {
+        let res = self
+            .http
+            .post(self.ingress.url("/predict"))
+            .json(&serde_json::json!({ "url": url }))
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap())
+    }
+}
