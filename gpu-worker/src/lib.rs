@@ -1,1 +1,179 @@
+//! The gpu-worker tier: pulls preprocessed uint8 NHWC tensors from the tensors stream, runs them
+//! through the TorchScript model in batches, and publishes each prediction to its caller.
+//!
+//! - [`config`]: command line and environment ([`Config`]);
+//! - [`model`]: the checked TorchScript model ([`Model`]), usable on its own (tests, benchmarks);
+//! - [`engine`]: the thread that owns the model; the async side sends it batches;
+//! - [`gather`]: the batching policy; [`batcher`]: the pull-batch-answer loop;
+//! - [`reply`]: replies over core NATS and acks; [`metrics`]: Prometheus metrics;
+//! - [`testing`]: exports the tiny test model (needs Python with torch).
+//!
+//! [`run`] ties them together: health server first, then the model (loaded and warmed up on the
+//! engine thread) and NATS side by side, ready when all three are; on shutdown it stops pulling,
+//! finishes the batches it holds and returns.
 
+pub mod batcher;
+pub mod config;
+pub mod engine;
+pub mod gather;
+pub mod metrics;
+pub mod model;
+pub mod reply;
+pub mod testing;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use protocol::Manifest;
+use protocol::names::{GPU_WORKER_CONSUMER, TENSORS_STREAM};
+use protocol::provision::wait_for_consumer;
+use protocol::runtime::{ReadyCheck, nats_connected, serve_health, token_from};
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Config, DeviceChoice};
+pub use model::Model;
+
+use crate::batcher::Batcher;
+use crate::engine::{Engine, EngineOptions};
+use crate::metrics::Metrics;
+use crate::reply::Responder;
+
+/// Readiness: NATS connected, consumer found and pulled from, model loaded and warmed up, not
+/// shutting down.
+#[derive(Default)]
+struct Readiness {
+    client: OnceLock<async_nats::Client>,
+    pulling: AtomicBool,
+    model_ready: AtomicBool,
+    stopping: AtomicBool,
+}
+
+impl Readiness {
+    fn check(&self) -> Result<(), String> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err("shutting down".into());
+        }
+        if !self.model_ready.load(Ordering::Relaxed) {
+            return Err("model not loaded and warmed up yet".into());
+        }
+        match self.client.get() {
+            None => return Err("not connected to NATS yet".into()),
+            Some(c) if !nats_connected(c) => return Err("NATS connection lost".into()),
+            Some(_) => {}
+        }
+        if !self.pulling.load(Ordering::Relaxed) {
+            return Err(format!(
+                "not pulling from consumer {GPU_WORKER_CONSUMER} on stream {TENSORS_STREAM} (yet)"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Runs the tier until `shutdown` resolves, then finishes the batches it holds and returns.
+/// Fails if the model cannot be loaded, or the engine stops.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let token = token_from(shutdown);
+    let manifest = Manifest::load(&config.manifest)?;
+    let metrics = Metrics::new();
+
+    let readiness = Arc::new(Readiness::default());
+    let ready: ReadyCheck = {
+        let r = readiness.clone();
+        Arc::new(move || r.check())
+    };
+    // The health server outlives the drain: it stops when `run` returns.
+    let health_token = CancellationToken::new();
+    let _stop_health = health_token.clone().drop_guard();
+    let (health_addr, _health) = serve_health(
+        config.http_addr,
+        ready,
+        metrics.registry.clone(),
+        health_token.clone(),
+    )
+    .await
+    .with_context(|| format!("cannot serve health on {}", config.http_addr))?;
+    tracing::info!(
+        %health_addr, model = %manifest.name, version = %manifest.version,
+        device = %config.device, "gpu-worker starting"
+    );
+
+    // The model loads on its thread while NATS connects.
+    let engine = Engine::start(EngineOptions {
+        manifest: manifest.clone(),
+        device: config.device,
+        half: config.half,
+        intra_op_threads: config.intra_op_threads(),
+        max_batch: config.max_batch.map(|n| n as usize),
+        warmup_batches: config.warmup_batches as usize,
+    });
+    let nats = async {
+        let client = config.nats.connect("clothesline-gpu-worker").await?;
+        let _ = readiness.client.set(client.clone());
+        let js = jetstream::new(client.clone());
+        let consumer = wait_for_consumer(&js, TENSORS_STREAM, GPU_WORKER_CONSUMER, &token).await;
+        anyhow::Ok((client, consumer))
+    };
+    // A model that cannot load fails at once, whatever NATS is doing.
+    let ((engine, engine_thread), (client, consumer)) = tokio::select! {
+        both = async { tokio::try_join!(engine, nats) } => both?,
+        _ = token.cancelled() => {
+            tracing::info!("shut down while starting");
+            return Ok(());
+        }
+    };
+    let Some(consumer) = consumer else {
+        tracing::info!("shut down before the consumer was found");
+        return Ok(());
+    };
+    readiness.model_ready.store(true, Ordering::Relaxed);
+
+    let info = engine.info().clone();
+    let max_delay = config.max_batch_delay_for(info.is_cuda());
+    tracing::info!(
+        device = ?info.device, precision = info.precision, max_batch = info.max_batch,
+        max_batch_delay_ms = max_delay.as_millis() as u64, "ready to serve"
+    );
+    let responder = Responder::new(
+        client.clone(),
+        metrics.clone(),
+        manifest.model_ref(),
+        manifest.classes.clone(),
+    );
+    let ack_wait = consumer.cached_info().config.ack_wait;
+    let batcher = Batcher::new(
+        engine,
+        responder,
+        metrics.clone(),
+        manifest.model_ref(),
+        manifest.input.clone(),
+        max_delay,
+        ack_wait,
+    );
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    let result = batcher
+        .run(&consumer, &token, &readiness.pulling, grace)
+        .await;
+    readiness.stopping.store(true, Ordering::Relaxed);
+
+    if let Err(e) = client.flush().await {
+        tracing::warn!(error = %e, "cannot flush NATS on shutdown");
+    }
+    // The batcher held the last engine handle: the thread ends after its batch.
+    if result.is_ok() {
+        match tokio::task::spawn_blocking(move || engine_thread.join()).await {
+            Ok(Ok(())) => {}
+            _ => tracing::error!("the engine thread panicked"),
+        }
+    }
+    tracing::info!("gpu-worker stopped");
+    result
+}

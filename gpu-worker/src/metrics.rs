@@ -1,0 +1,136 @@
+//! The gpu-worker's Prometheus metrics, in their own registry (served on `/metrics`).
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    exponential_buckets,
+};
+use protocol::ErrorCode;
+
+/// The error codes this tier answers with; their counters exist from the start.
+pub const ERROR_CODES: [ErrorCode; 4] = [
+    ErrorCode::BadRequest,
+    ErrorCode::BadTensor,
+    ErrorCode::DeadlineExceeded,
+    ErrorCode::InferenceFailed,
+];
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// Images per batch run by the model.
+    pub batch_size: Histogram,
+    /// From the tensor's arrival in the stream to the start of its batch (stream + batcher).
+    pub queue_wait: Histogram,
+    /// Model time per batch (host-to-device copy, forward, logits back).
+    pub inference: Histogram,
+    /// Items answered with a prediction.
+    pub items: IntCounter,
+    /// Items answered with an error (or dropped with one when nobody listens), by code.
+    pub errors: IntCounterVec,
+    /// Items dropped because their deadline passed before they ran.
+    pub expired: IntCounter,
+    /// CUDA memory used by this process; stays 0 on CPU (and where it cannot be read).
+    pub cuda_memory: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid histogram")
+        };
+        let m = Self {
+            batch_size: histogram(
+                "gpu_worker_batch_size",
+                "Images per batch run by the model.",
+                exponential_buckets(1.0, 2.0, 11).expect("valid buckets"),
+            ),
+            queue_wait: histogram(
+                "gpu_worker_queue_wait_seconds",
+                "Time from a tensor's arrival in the stream to the start of its batch.",
+                exponential_buckets(0.000_5, 2.0, 16).expect("valid buckets"),
+            ),
+            inference: histogram(
+                "gpu_worker_inference_seconds",
+                "Model time per batch, including the copies to and from the device.",
+                exponential_buckets(0.000_25, 2.0, 16).expect("valid buckets"),
+            ),
+            items: IntCounter::new(
+                "gpu_worker_items_total",
+                "Items answered with a prediction.",
+            )
+            .expect("valid counter"),
+            errors: IntCounterVec::new(
+                Opts::new(
+                    "gpu_worker_errors_total",
+                    "Items that ended in an error, by error code.",
+                ),
+                &["code"],
+            )
+            .expect("valid counter"),
+            expired: IntCounter::new(
+                "gpu_worker_expired_total",
+                "Items dropped because their deadline passed before they ran.",
+            )
+            .expect("valid counter"),
+            cuda_memory: IntGauge::new(
+                "gpu_worker_cuda_memory_bytes",
+                "CUDA memory used by this process (0 on CPU).",
+            )
+            .expect("valid gauge"),
+            registry,
+        };
+        for code in ERROR_CODES {
+            m.errors.with_label_values(&[code.as_str()]);
+        }
+        let collectors: [Box<dyn prometheus::core::Collector>; 7] = [
+            Box::new(m.batch_size.clone()),
+            Box::new(m.queue_wait.clone()),
+            Box::new(m.inference.clone()),
+            Box::new(m.items.clone()),
+            Box::new(m.errors.clone()),
+            Box::new(m.expired.clone()),
+            Box::new(m.cuda_memory.clone()),
+        ];
+        for c in collectors {
+            m.registry.register(c).expect("metric names are unique");
+        }
+        m
+    }
+
+    pub fn error(&self, code: ErrorCode) {
+        self.errors.with_label_values(&[code.as_str()]).inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_metrics_are_exported() {
+        let m = Metrics::new();
+        m.error(ErrorCode::BadTensor);
+        m.batch_size.observe(3.0);
+        let text = protocol::runtime::metrics_text(&m.registry);
+        for name in [
+            "gpu_worker_batch_size",
+            "gpu_worker_queue_wait_seconds",
+            "gpu_worker_inference_seconds",
+            "gpu_worker_items_total",
+            "gpu_worker_expired_total",
+            "gpu_worker_cuda_memory_bytes",
+        ] {
+            assert!(text.contains(name), "{name} missing from\n{text}");
+        }
+        assert!(text.contains(r#"gpu_worker_errors_total{code="bad_tensor"} 1"#));
+        assert!(text.contains(r#"gpu_worker_errors_total{code="inference_failed"} 0"#));
+    }
+}

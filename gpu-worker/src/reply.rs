@@ -1,0 +1,166 @@
+//! Answering: the JSON [`Reply`] over core NATS to the request's reply subject, then the
+//! JetStream ack. The ack is sent only after the reply was handed to the connection, on the same
+//! connection, so the server sees the reply first.
+
+use std::sync::Arc;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{AckKind, Message};
+use protocol::messages::{ModelRef, Outcome};
+use protocol::names::*;
+use protocol::{Error, ErrorCode, Prediction, Reply, RequestMeta, Timings};
+
+use crate::metrics::Metrics;
+
+/// Publishes replies and acks messages, counting outcomes.
+#[derive(Clone)]
+pub struct Responder {
+    client: async_nats::Client,
+    metrics: Metrics,
+    model: ModelRef,
+    classes: Arc<Vec<String>>,
+}
+
+/// The headers of a reply: request id, content type, the error code on errors, the trace context.
+pub fn reply_headers(meta: &RequestMeta, reply: &Reply) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(HEADER_REQUEST_ID, meta.request_id.as_str());
+    headers.insert(HEADER_CONTENT_TYPE, CONTENT_TYPE_JSON);
+    if let Outcome::Error(e) = &reply.outcome {
+        headers.insert(HEADER_ERROR, e.code.as_str());
+    }
+    if let Some(t) = &meta.traceparent {
+        headers.insert(HEADER_TRACEPARENT, t.as_str());
+    }
+    headers
+}
+
+impl Responder {
+    pub fn new(
+        client: async_nats::Client,
+        metrics: Metrics,
+        model: ModelRef,
+        classes: Vec<String>,
+    ) -> Self {
+        Self {
+            client,
+            metrics,
+            model,
+            classes: Arc::new(classes),
+        }
+    }
+
+    /// Publishes `reply` to the request's reply subject, if it has one; `false` if that failed.
+    async fn publish(&self, meta: &RequestMeta, reply: &Reply) -> bool {
+        let Some(subject) = &meta.reply_to else {
+            return true;
+        };
+        let headers = reply_headers(meta, reply);
+        match self
+            .client
+            .publish_with_headers(subject.clone(), headers, reply.encode().into())
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(request_id = %meta.request_id, %subject, error = %e, "cannot publish reply");
+                false
+            }
+        }
+    }
+
+    /// Answers with the prediction and acks. If the reply cannot be published the message is
+    /// nak'ed, to be answered again later.
+    pub async fn predict(
+        &self,
+        msg: &Message,
+        meta: &RequestMeta,
+        logits: Vec<f32>,
+        timings: Timings,
+    ) {
+        let prediction = Prediction {
+            model: self.model.clone(),
+            classes: self.classes.as_ref().clone(),
+            logits,
+            timings,
+        };
+        let reply = Reply::prediction(meta.request_id.clone(), prediction);
+        if self.publish(meta, &reply).await {
+            self.metrics.items.inc();
+            ack(msg, meta, AckKind::Ack).await;
+        } else {
+            ack(msg, meta, AckKind::Nak(None)).await;
+        }
+    }
+
+    /// Answers with an error and ends the message with `kind` (`Term` for items that can never
+    /// succeed, `Ack` for those that are simply done, e.g. expired).
+    pub async fn fail(&self, msg: &Message, meta: &RequestMeta, error: Error, kind: AckKind) {
+        tracing::debug!(request_id = %meta.request_id, %error, "answering with an error");
+        self.metrics.error(error.code);
+        self.publish(meta, &Reply::error(meta.request_id.clone(), error))
+            .await;
+        ack(msg, meta, kind).await;
+    }
+
+    /// Drops an item whose deadline passed: counts it, answers `deadline_exceeded`, acks.
+    pub async fn expire(&self, msg: &Message, meta: &RequestMeta) {
+        self.metrics.expired.inc();
+        let error = Error::new(
+            ErrorCode::DeadlineExceeded,
+            "the request's deadline passed before the model ran it",
+        );
+        self.fail(msg, meta, error, AckKind::Ack).await;
+    }
+}
+
+/// Acks (or naks, terms, ...) a message, logging a failure: the server redelivers it then.
+pub async fn ack(msg: &Message, meta: &RequestMeta, kind: AckKind) {
+    if let Err(e) = msg.ack_with(kind).await {
+        tracing::warn!(request_id = %meta.request_id, ?kind, error = %e, "cannot ack");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_replies_carry_the_code_header() {
+        let mut meta = RequestMeta::new(Some("clothesline.replies.x".into()), None);
+        meta.traceparent = Some("00-a-b-01".into());
+        let ok = Reply::prediction(
+            meta.request_id.clone(),
+            Prediction {
+                model: ModelRef {
+                    name: "m".into(),
+                    version: "1".into(),
+                },
+                classes: vec!["a".into()],
+                logits: vec![0.5],
+                timings: Timings::default(),
+            },
+        );
+        let h = reply_headers(&meta, &ok);
+        assert_eq!(
+            h.get(HEADER_REQUEST_ID).map(|v| v.as_str()),
+            Some(meta.request_id.as_str())
+        );
+        assert_eq!(
+            h.get(HEADER_CONTENT_TYPE).map(|v| v.as_str()),
+            Some(CONTENT_TYPE_JSON)
+        );
+        assert!(h.get(HEADER_ERROR).is_none());
+        assert_eq!(
+            h.get(HEADER_TRACEPARENT).map(|v| v.as_str()),
+            Some("00-a-b-01")
+        );
+        let err = Reply::error("r", Error::new(ErrorCode::BadTensor, "x"));
+        assert_eq!(
+            reply_headers(&meta, &err)
+                .get(HEADER_ERROR)
+                .map(|v| v.as_str()),
+            Some("bad_tensor")
+        );
+    }
+}
