@@ -15,10 +15,15 @@ log() { printf '\033[1;34m[deps]\033[0m %s\n' "$*" >&2; }
 
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if ! command -v nats-server >/dev/null 2>&1; then
-  log "installing nats-server from Debian's package"
+# nats-server for the stack and tests; cmake and nasm build libjpeg-turbo (turbojpeg-sys).
+missing=()
+for tool in nats-server:nats-server cmake:cmake nasm:nasm; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${tool%%:*}" ] || missing+=("${tool##*:}")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing ${missing[*]} from Debian's packages"
   sudo_if_needed apt-get update -qq
-  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 if [ ! -x "$TORCH_VENV/bin/python" ] || ! "$TORCH_VENV/bin/python" -c "import torch, efficientnet_lite_pytorch, PIL, matplotlib" >/dev/null 2>&1; then

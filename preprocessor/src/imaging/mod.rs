@@ -1,0 +1,116 @@
+//! Image bytes -> the model's input tensor, as `model/preprocess.py` does it with PIL:
+//!
+//! 1. recognise the format from the magic bytes ([`sniff`]): unknown -> `not_an_image`,
+//!    known but not served (TIFF, AVIF, HEIC, ...) -> `unsupported_format`;
+//! 2. read the header only and refuse images with more than [`ImageSpec::max_pixels`] pixels
+//!    before any pixel is decoded ([`decode`]);
+//! 3. decode (first frame of an animation), convert to RGB8 (alpha dropped, grayscale, palette
+//!    and 16-bit expanded), apply the EXIF orientation;
+//! 4. stretch to exactly `width x height` with PIL-compatible antialiased bilinear convolution
+//!    ([`resize`]); the result is the raw `H*W*3` bytes, row-major, RGB interleaved (uint8 NHWC
+//!    without the batch dimension).
+//!
+//! Everything here is synchronous and CPU-bound: the tier runs it on the blocking pool.
+
+pub mod decode;
+pub mod jpeg;
+pub mod resize;
+pub mod sniff;
+pub mod turbo;
+
+use std::time::{Duration, Instant};
+
+use image::ImageFormat;
+use protocol::Error;
+use protocol::manifest::Manifest;
+
+pub use decode::decode_rgb8;
+pub use resize::resize_rgb8;
+pub use sniff::sniff_format;
+
+/// Default for [`ImageSpec::max_pixels`]: 40 megapixels.
+pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
+
+/// What to produce from an image, and how much of an image to accept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSpec {
+    /// Output width in pixels.
+    pub width: u32,
+    /// Output height in pixels.
+    pub height: u32,
+    /// Images whose header declares more pixels than this are refused before decoding.
+    pub max_pixels: u64,
+    /// Apply the EXIF orientation (as PIL's `ImageOps.exif_transpose`).
+    pub exif_orientation: bool,
+}
+
+impl ImageSpec {
+    /// A `width x height` output, with the default pixel limit and EXIF orientation applied.
+    pub fn new(width: u32, height: u32) -> Self {
+        Self {
+            width,
+            height,
+            max_pixels: DEFAULT_MAX_PIXELS,
+            exif_orientation: true,
+        }
+    }
+
+    /// The model's input size and preprocessing options, from its manifest.
+    pub fn from_manifest(manifest: &Manifest) -> Self {
+        Self {
+            exif_orientation: manifest.preprocessing.exif_orientation,
+            ..Self::new(manifest.input.width, manifest.input.height)
+        }
+    }
+
+    /// The same spec with another pixel limit.
+    pub fn with_max_pixels(mut self, max_pixels: u64) -> Self {
+        self.max_pixels = max_pixels;
+        self
+    }
+
+    /// Bytes of one output tensor: `height * width * 3`.
+    pub fn output_len(&self) -> usize {
+        self.height as usize * self.width as usize * 3
+    }
+}
+
+/// The result of [`preprocess_image_timed`]: the tensor bytes and what it took to make them.
+#[derive(Debug, Clone)]
+pub struct Preprocessed {
+    /// `height * width * 3` bytes, RGB interleaved, row-major.
+    pub data: Vec<u8>,
+    /// The format the image was decoded as.
+    pub format: ImageFormat,
+    /// Width and height of the decoded image, after EXIF orientation.
+    pub source_size: (u32, u32),
+    /// Sniffing, decoding, colour conversion and orientation.
+    pub decode: Duration,
+    /// Resizing.
+    pub resize: Duration,
+}
+
+/// Encoded image bytes -> `spec.height * spec.width * 3` RGB bytes, the same (within rounding) as
+/// `model/preprocess.py`'s `load_image`.
+///
+/// Errors: `not_an_image`, `unsupported_format`, `corrupt_image` (truncated, undecodable, more
+/// pixels than `spec.max_pixels`), `too_large` (the decoder would need more memory than allowed).
+pub fn preprocess_image(bytes: &[u8], spec: &ImageSpec) -> Result<Vec<u8>, Error> {
+    preprocess_image_timed(bytes, spec).map(|p| p.data)
+}
+
+/// [`preprocess_image`], also reporting the format, the source size and the time of each step.
+pub fn preprocess_image_timed(bytes: &[u8], spec: &ImageSpec) -> Result<Preprocessed, Error> {
+    let started = Instant::now();
+    let (rgb, format) = decode_rgb8(bytes, spec)?;
+    let source_size = rgb.dimensions();
+    let decoded = Instant::now();
+    let data = resize_rgb8(rgb, spec.width, spec.height)?;
+    Ok(Preprocessed {
+        data,
+        format,
+        source_size,
+        decode: decoded - started,
+        resize: decoded.elapsed(),
+    })
+}

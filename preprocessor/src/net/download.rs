@@ -1,0 +1,270 @@
+//! Bounded image downloads: a connect timeout, a total timeout (capped by the request's
+//! deadline), a byte cap enforced while the body streams in, redirects followed by hand (each hop
+//! checked again), and connections only to addresses the policy allows.
+
+use std::error::Error as StdError;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use protocol::{Error, ErrorCode};
+use reqwest::header::{ACCEPT, LOCATION};
+use reqwest::{Client, Response, StatusCode, Url, redirect};
+
+use super::address;
+use super::resolver::{BlockedAddressError, GuardedResolver};
+
+/// Largest buffer reserved up front from a `Content-Length`.
+const MAX_PREALLOC: u64 = 1 << 20;
+
+/// What a download may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadPolicy {
+    /// Time to establish one TCP (+TLS) connection.
+    pub connect_timeout: Duration,
+    /// Time for the whole download: every hop, headers and body.
+    pub timeout: Duration,
+    /// Largest body accepted; checked against `Content-Length` and while streaming.
+    pub max_bytes: u64,
+    /// Most redirects followed.
+    pub max_redirects: u32,
+    /// Allow loopback, private and other non-public addresses (tests, local use).
+    pub allow_private_addresses: bool,
+}
+
+impl Default for DownloadPolicy {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(3),
+            timeout: Duration::from_secs(10),
+            max_bytes: 8 << 20,
+            max_redirects: 5,
+            allow_private_addresses: false,
+        }
+    }
+}
+
+/// A downloaded body.
+#[derive(Debug, Clone)]
+pub struct Downloaded {
+    pub bytes: Bytes,
+    /// The URL the body came from, after redirects.
+    pub url: Url,
+    pub redirects: u32,
+    pub elapsed: Duration,
+}
+
+/// An HTTP client with a [`DownloadPolicy`]; cheap to clone, share one per process.
+#[derive(Debug, Clone)]
+pub struct Downloader {
+    client: Client,
+    policy: DownloadPolicy,
+}
+
+impl Downloader {
+    pub fn new(policy: DownloadPolicy) -> anyhow::Result<Self> {
+        let client = Client::builder()
+            .user_agent(concat!(
+                "clothesline-preprocessor/",
+                env!("CARGO_PKG_VERSION")
+            ))
+            .connect_timeout(policy.connect_timeout)
+            .timeout(policy.timeout)
+            .redirect(redirect::Policy::none())
+            // A proxy would resolve names itself, out of the policy's reach.
+            .no_proxy()
+            .dns_resolver(GuardedResolver {
+                allow_private: policy.allow_private_addresses,
+            })
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(8)
+            .build()?;
+        Ok(Self { client, policy })
+    }
+
+    pub fn policy(&self) -> &DownloadPolicy {
+        &self.policy
+    }
+
+    /// Downloads `url`. `deadline`, the time left until the request's deadline, caps the
+    /// download's time; running out of it is `deadline_exceeded` rather than `download_timeout`.
+    pub async fn download(
+        &self,
+        url: &str,
+        deadline: Option<Duration>,
+    ) -> Result<Downloaded, Error> {
+        let started = Instant::now();
+        let url = address::parse_url(url)?;
+        let (limit, by_deadline) = match deadline {
+            Some(left) if left < self.policy.timeout => (left, true),
+            _ => (self.policy.timeout, false),
+        };
+        match tokio::time::timeout(limit, self.fetch(url.clone())).await {
+            Ok(Ok((bytes, url, redirects))) => Ok(Downloaded {
+                bytes,
+                url,
+                redirects,
+                elapsed: started.elapsed(),
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) if by_deadline => Err(Error::new(
+                ErrorCode::DeadlineExceeded,
+                format!("the request's deadline passed while downloading {url}"),
+            )),
+            Err(_) => Err(timeout(&url, self.policy.timeout)),
+        }
+    }
+
+    async fn fetch(&self, mut url: Url) -> Result<(Bytes, Url, u32), Error> {
+        let mut redirects = 0;
+        loop {
+            if !self.policy.allow_private_addresses {
+                address::check_literal_host(&url)?;
+            }
+            let response = self
+                .client
+                .get(url.clone())
+                .header(ACCEPT, "image/*")
+                .send()
+                .await
+                .map_err(|e| self.classify(&e, &url))?;
+            let status = response.status();
+            if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
+                if redirects >= self.policy.max_redirects {
+                    return Err(Error::new(
+                        ErrorCode::OriginError,
+                        format!(
+                            "{url} redirects more than {} times",
+                            self.policy.max_redirects
+                        ),
+                    ));
+                }
+                url = redirect_target(&response, &url)?;
+                redirects += 1;
+                continue;
+            }
+            if !status.is_success() {
+                return Err(Error::new(
+                    ErrorCode::OriginError,
+                    format!("origin answered {status} for {url}"),
+                ));
+            }
+            let bytes = self.read_body(response, &url).await?;
+            return Ok((bytes, url, redirects));
+        }
+    }
+
+    /// Reads the body, refusing it as soon as it is known to exceed the cap.
+    async fn read_body(&self, mut response: Response, url: &Url) -> Result<Bytes, Error> {
+        let max = self.policy.max_bytes;
+        if let Some(len) = response.content_length().filter(|&l| l > max) {
+            return Err(too_large(url, max, Some(len)));
+        }
+        let reserve = response.content_length().unwrap_or(0).min(MAX_PREALLOC);
+        let mut body = BytesMut::with_capacity(usize::try_from(reserve).unwrap_or(0));
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.classify(&e, url))? {
+            if body.len() as u64 + chunk.len() as u64 > max {
+                return Err(too_large(url, max, None));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    }
+
+    /// Maps a client error to the contract's codes.
+    fn classify(&self, error: &reqwest::Error, url: &Url) -> Error {
+        if let Some(blocked) = find_source::<BlockedAddressError>(error) {
+            return address::blocked(&blocked.host, blocked.ip);
+        }
+        let detail = error_chain(error);
+        if error.is_timeout() && !error.is_connect() {
+            return timeout(url, self.policy.timeout);
+        }
+        if error.is_builder() {
+            return Error::new(
+                ErrorCode::InvalidUrl,
+                format!("cannot fetch {url}: {detail}"),
+            );
+        }
+        let what = if error.is_connect() {
+            "cannot connect to"
+        } else {
+            "connection failed while downloading"
+        };
+        Error::new(
+            ErrorCode::OriginUnreachable,
+            format!("{what} {url}: {detail}"),
+        )
+    }
+}
+
+/// The next URL of a redirect response, checked like the first one.
+fn redirect_target(response: &Response, url: &Url) -> Result<Url, Error> {
+    let location = response
+        .headers()
+        .get(LOCATION)
+        .and_then(|l| l.to_str().ok())
+        .ok_or_else(|| {
+            Error::new(
+                ErrorCode::OriginError,
+                format!(
+                    "origin answered {} without a usable Location for {url}",
+                    response.status()
+                ),
+            )
+        })?;
+    let next = url.join(location).map_err(|e| {
+        Error::new(
+            ErrorCode::InvalidUrl,
+            format!("{url} redirects to {location:?}, which does not parse: {e}"),
+        )
+    })?;
+    address::check_url(&next)?;
+    Ok(next)
+}
+
+fn too_large(url: &Url, max: u64, declared: Option<u64>) -> Error {
+    let size = match declared {
+        Some(len) => format!("is {len} bytes"),
+        None => "is larger".into(),
+    };
+    Error::new(
+        ErrorCode::TooLarge,
+        format!("the image at {url} {size}, at most {max} bytes allowed"),
+    )
+}
+
+fn timeout(url: &Url, limit: Duration) -> Error {
+    Error::new(
+        ErrorCode::DownloadTimeout,
+        format!(
+            "downloading {url} took longer than {} ms",
+            limit.as_millis()
+        ),
+    )
+}
+
+/// The first error of type `T` in `error`'s source chain.
+fn find_source<'a, T: StdError + 'static>(error: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// `error` and its sources, as `a: b: c` (the client's own message alone says little).
+fn error_chain(error: &(dyn StdError + 'static)) -> String {
+    let mut parts = vec![error.to_string()];
+    let mut current = error.source();
+    while let Some(e) = current {
+        let text = e.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        current = e.source();
+    }
+    parts.join(": ")
+}

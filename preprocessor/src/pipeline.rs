@@ -1,0 +1,148 @@
+//! A request's payload -> the tensor message, without NATS: deadline check, payload parsing,
+//! download (for a URL), then decode and resize on the blocking pool, at most `cpu-threads` at
+//! once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use protocol::manifest::InputSpec;
+use protocol::messages::RequestPayload;
+use protocol::meta::now_ms;
+use protocol::{Error, ErrorCode, ModelRef, RequestMeta, TensorMessage, Timings};
+use tokio::sync::Semaphore;
+
+use crate::imaging::{ImageSpec, Preprocessed, preprocess_image_timed};
+use crate::metrics::Metrics;
+use crate::net::Downloader;
+
+/// Turns request payloads into tensors for one model. Cheap to clone.
+#[derive(Clone)]
+pub struct Pipeline {
+    model: ModelRef,
+    input: InputSpec,
+    spec: ImageSpec,
+    downloader: Downloader,
+    cpu: Arc<Semaphore>,
+    metrics: Metrics,
+}
+
+/// When and how a request arrived, for the tensor's timings.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Arrival {
+    /// When this tier received the request, in ms since the Unix epoch.
+    pub received_at_ms: u64,
+    /// How long the request waited in the requests stream.
+    pub queue_ms: Option<f64>,
+}
+
+impl Pipeline {
+    /// `cpu_threads` bounds the decodes running at once.
+    pub fn new(
+        model: ModelRef,
+        input: InputSpec,
+        spec: ImageSpec,
+        downloader: Downloader,
+        cpu_threads: usize,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            model,
+            input,
+            spec,
+            downloader,
+            cpu: Arc::new(Semaphore::new(cpu_threads.max(1))),
+            metrics,
+        }
+    }
+
+    pub fn spec(&self) -> &ImageSpec {
+        &self.spec
+    }
+
+    /// The tensor for one request: `content_type` and `payload` as the request message carries
+    /// them; `meta`'s deadline is checked before and after the download and caps it.
+    pub async fn tensor(
+        &self,
+        meta: &RequestMeta,
+        content_type: Option<&str>,
+        payload: Bytes,
+        arrival: Arrival,
+    ) -> Result<TensorMessage, Error> {
+        check_deadline(meta, "before preprocessing")?;
+        let (image, download_ms) = match RequestPayload::parse(content_type, payload)? {
+            RequestPayload::Image { bytes, .. } => (bytes, None),
+            RequestPayload::Url(url) => {
+                let downloaded = self.downloader.download(&url, meta.remaining()).await?;
+                self.metrics
+                    .download_seconds
+                    .observe(downloaded.elapsed.as_secs_f64());
+                self.metrics
+                    .downloaded_bytes
+                    .inc_by(downloaded.bytes.len() as u64);
+                tracing::debug!(
+                    request_id = %meta.request_id, url = %downloaded.url,
+                    bytes = downloaded.bytes.len(), redirects = downloaded.redirects,
+                    "downloaded"
+                );
+                (downloaded.bytes, Some(millis(downloaded.elapsed)))
+            }
+        };
+        check_deadline(meta, "after downloading")?;
+        let pre = self.preprocess(image).await?;
+        self.metrics
+            .decode_seconds
+            .observe(pre.decode.as_secs_f64());
+        self.metrics
+            .resize_seconds
+            .observe(pre.resize.as_secs_f64());
+        let timings = Timings {
+            request_queue_ms: arrival.queue_ms,
+            download_ms,
+            preprocess_ms: Some(millis(pre.decode + pre.resize)),
+            ..Timings::default()
+        };
+        Ok(TensorMessage::new(
+            self.model.clone(),
+            &self.input,
+            pre.data,
+            arrival.received_at_ms,
+            timings,
+        ))
+    }
+
+    /// Decodes and resizes `bytes` on the blocking pool, waiting for a CPU slot first.
+    pub async fn preprocess(&self, bytes: Bytes) -> Result<Preprocessed, Error> {
+        let permit =
+            self.cpu.clone().acquire_owned().await.map_err(|_| {
+                Error::new(ErrorCode::Unavailable, "the preprocessor is shutting down")
+            })?;
+        let spec = self.spec.clone();
+        tokio::task::spawn_blocking(move || {
+            // Held until the work is done, even if the awaiting task is cancelled.
+            let _permit = permit;
+            preprocess_image_timed(&bytes, &spec)
+        })
+        .await
+        .map_err(|e| {
+            Error::new(
+                ErrorCode::Internal,
+                format!("preprocessing task failed: {e}"),
+            )
+        })?
+    }
+}
+
+fn check_deadline(meta: &RequestMeta, when: &str) -> Result<(), Error> {
+    if meta.expired_at(now_ms()) {
+        return Err(Error::new(
+            ErrorCode::DeadlineExceeded,
+            format!("the request's deadline passed {when}"),
+        ));
+    }
+    Ok(())
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}

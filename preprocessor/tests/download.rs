@@ -1,0 +1,159 @@
+//! Downloads against a local origin on 127.0.0.1: success, redirects, error statuses, size caps
+//! while streaming, timeouts, and the address policy.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clothesline_preprocessor::{DownloadPolicy, Downloader};
+use protocol::ErrorCode;
+
+const IMAGE: &[u8] = b"\x89PNG\r\n\x1a\nnot really, but bytes";
+
+fn local_policy() -> DownloadPolicy {
+    DownloadPolicy {
+        allow_private_addresses: true,
+        timeout: Duration::from_secs(30),
+        max_bytes: 1 << 20,
+        ..DownloadPolicy::default()
+    }
+}
+
+async fn setup() -> (SocketAddr, Downloader) {
+    let addr = common::origin::start(IMAGE.to_vec()).await;
+    (addr, Downloader::new(local_policy()).unwrap())
+}
+
+async fn code(d: &Downloader, url: &str) -> ErrorCode {
+    d.download(url, None).await.expect_err("must fail").code
+}
+
+#[tokio::test]
+async fn downloads_and_follows_redirects() {
+    let (addr, d) = setup().await;
+    let got = d
+        .download(&format!("http://{addr}/image"), None)
+        .await
+        .unwrap();
+    assert_eq!((&got.bytes[..], got.redirects), (IMAGE, 0));
+    for path in ["redirect", "relative-redirect"] {
+        let got = d
+            .download(&format!("http://{addr}/{path}"), None)
+            .await
+            .unwrap();
+        assert_eq!(&got.bytes[..], IMAGE);
+        assert_eq!(got.redirects, 1);
+        assert_eq!(got.url.path(), "/image");
+    }
+}
+
+#[tokio::test]
+async fn error_statuses_are_origin_errors() {
+    let (addr, d) = setup().await;
+    let err = d
+        .download(&format!("http://{addr}/missing"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::OriginError);
+    assert!(err.message.contains("404"), "{}", err.message);
+    let err = d
+        .download(&format!("http://{addr}/broken"), None)
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("500"), "{}", err.message);
+    assert_eq!(
+        code(&d, &format!("http://{addr}/loop")).await,
+        ErrorCode::OriginError
+    );
+    assert_eq!(
+        code(&d, &format!("http://{addr}/to-ftp")).await,
+        ErrorCode::InvalidUrl
+    );
+}
+
+#[tokio::test]
+async fn bodies_over_the_cap_are_refused_while_streaming() {
+    let (addr, _) = setup().await;
+    // Endless: would never finish; the cap is reached long before the timeout.
+    let patient = Downloader::new(local_policy()).unwrap();
+    assert_eq!(
+        code(&patient, &format!("http://{addr}/endless")).await,
+        ErrorCode::TooLarge
+    );
+    // A declared length over the cap is refused before reading the body.
+    assert_eq!(
+        code(&patient, &format!("http://{addr}/declared-huge")).await,
+        ErrorCode::TooLarge
+    );
+}
+
+#[tokio::test]
+async fn slow_origins_time_out() {
+    let (addr, _) = setup().await;
+    let d = Downloader::new(DownloadPolicy {
+        timeout: Duration::from_millis(300),
+        ..local_policy()
+    })
+    .unwrap();
+    assert_eq!(
+        code(&d, &format!("http://{addr}/slow")).await,
+        ErrorCode::DownloadTimeout
+    );
+    assert_eq!(
+        code(&d, &format!("http://{addr}/stall")).await,
+        ErrorCode::DownloadTimeout
+    );
+    // A request deadline shorter than the timeout caps the download.
+    let err = d
+        .download(
+            &format!("http://{addr}/slow"),
+            Some(Duration::from_millis(50)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::DeadlineExceeded);
+}
+
+#[tokio::test]
+async fn unreachable_origins_are_transient() {
+    let (_, d) = setup().await;
+    // A port nobody listens on: bind, note it, close it.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let err = d
+        .download(&format!("http://{closed}/x"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::OriginUnreachable, "{}", err.message);
+    assert!(err.code.is_transient());
+}
+
+#[tokio::test]
+async fn private_addresses_are_blocked_unless_allowed() {
+    let (addr, _) = setup().await;
+    let strict = Downloader::new(DownloadPolicy {
+        allow_private_addresses: false,
+        ..local_policy()
+    })
+    .unwrap();
+    // An IP literal: refused before connecting.
+    assert_eq!(
+        code(&strict, &format!("http://{addr}/image")).await,
+        ErrorCode::BlockedAddress
+    );
+    // A name: refused by the resolver (the connection is never made).
+    let err = strict
+        .download(&format!("http://localhost:{}/image", addr.port()), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::BlockedAddress, "{}", err.message);
+    assert!(!err.code.is_transient());
+    assert_eq!(
+        code(&strict, "ftp://example.com/a.png").await,
+        ErrorCode::InvalidUrl
+    );
+}
