@@ -2,7 +2,6 @@
 //! integration suite in `tests/` runs the real one).
 #![allow(clippy::unwrap_used)]
 
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

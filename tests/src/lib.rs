@@ -10,7 +10,11 @@ pub mod stack;
 
 /// A free TCP port on 127.0.0.1 (bound then released; the OS does not hand it out again at once).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout` with `what`.

@@ -16,26 +16,52 @@ impl NatsServer {
     /// Starts a server and waits until JetStream is up.
     pub async fn start() -> Self {
         let store = tempfile::tempdir().unwrap();
-        let mut server = Self { port: free_port(), monitor_port: free_port(), store, child: None };
+        let mut server = Self {
+            port: free_port(),
+            monitor_port: free_port(),
+            store,
+            child: None,
+        };
         server.spawn().await;
         server
     }
 
     async fn spawn(&mut self) {
+        // max_payload has no command-line flag: a one-line config file carries it.
+        let conf = self.store.path().join("nats.conf");
+        std::fs::write(&conf, "max_payload: 8MB\n").unwrap();
         let child = Command::new(paths::nats_server())
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-m", &self.monitor_port.to_string()])
+            .arg("-c")
+            .arg(&conf)
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-m",
+                &self.monitor_port.to_string(),
+            ])
             .arg("-sd")
             .arg(self.store.path())
-            .args(["--max_payload", "8MB"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start nats-server");
         self.child = Some(child);
-        let url = format!("http://127.0.0.1:{}/healthz?js-enabled-only=true", self.monitor_port);
+        let url = format!(
+            "http://127.0.0.1:{}/healthz?js-enabled-only=true",
+            self.monitor_port
+        );
         wait_until("nats-server to be healthy", Duration::from_secs(20), || {
             let url = url.clone();
-            async move { reqwest::get(&url).await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+            async move {
+                reqwest::get(&url)
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .map(|_| ())
+            }
         })
         .await;
     }

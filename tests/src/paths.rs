@@ -3,7 +3,10 @@
 use std::path::{Path, PathBuf};
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Folder of the workspace's binaries: `CLOTHESLINE_BIN_DIR`, else the profile folder that holds
@@ -19,13 +22,19 @@ pub fn bin_dir() -> PathBuf {
 /// A workspace binary; panics with the build command if it is missing.
 pub fn bin(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
-    assert!(path.exists(), "{} not found: run `cargo build --workspace --bins` first", path.display());
+    assert!(
+        path.exists(),
+        "{} not found: run `cargo build --workspace --bins` first",
+        path.display()
+    );
     path
 }
 
 /// The model manifest the suite serves: `CLOTHESLINE_MANIFEST`, else the shipped one.
 pub fn manifest() -> PathBuf {
-    std::env::var_os("CLOTHESLINE_MANIFEST").map(PathBuf::from).unwrap_or_else(|| repo_root().join("model/manifest.json"))
+    std::env::var_os("CLOTHESLINE_MANIFEST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("model/manifest.json"))
 }
 
 /// The clothes dataset: `CLOTHESLINE_DATASET`, else `../shared/datasets/clothing-dataset-small`.

@@ -74,18 +74,37 @@ fn spawn(name: &str, bin: &str, port: u16, nats_url: &str, args: &[String]) -> T
         .env("RUST_LOG", log)
         .args(args)
         .stdout(Stdio::null())
-        .stderr(if std::env::var_os("CLOTHESLINE_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
+        .stderr(if std::env::var_os("CLOTHESLINE_TEST_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .unwrap_or_else(|e| panic!("start {bin}: {e}"));
-    Tier { name: name.to_string(), port, child }
+    Tier {
+        name: name.to_string(),
+        port,
+        child,
+    }
 }
 
 async fn wait_ready(http: &reqwest::Client, tier: &Tier) {
     let url = tier.url("/readyz");
-    wait_until(&format!("{} to be ready", tier.name), Duration::from_secs(180), || {
-        let (http, url) = (http.clone(), url.clone());
-        async move { http.get(&url).send().await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
-    })
+    wait_until(
+        &format!("{} to be ready", tier.name),
+        Duration::from_secs(180),
+        || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                http.get(&url)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .map(|_| ())
+            }
+        },
+    )
     .await;
 }
 
@@ -107,7 +126,13 @@ impl Stack {
             "cpu".into(),
         ];
         worker_args.extend(opts.worker_args.iter().cloned());
-        let worker = spawn("gpu-worker", "clothesline-gpu-worker", worker_port, &url, &worker_args);
+        let worker = spawn(
+            "gpu-worker",
+            "clothesline-gpu-worker",
+            worker_port,
+            &url,
+            &worker_args,
+        );
 
         let preprocessors = (0..opts.preprocessors)
             .map(|i| {
@@ -120,22 +145,43 @@ impl Stack {
                     "--allow-private-addresses".into(),
                 ];
                 args.extend(opts.preprocessor_args.iter().cloned());
-                spawn(&format!("preprocessor-{i}"), "clothesline-preprocessor", port, &url, &args)
+                spawn(
+                    &format!("preprocessor-{i}"),
+                    "clothesline-preprocessor",
+                    port,
+                    &url,
+                    &args,
+                )
             })
             .collect::<Vec<_>>();
 
         let ingress_port = free_port();
         let mut ingress_args = vec!["--http-addr".into(), format!("127.0.0.1:{ingress_port}")];
         ingress_args.extend(opts.ingress_args.iter().cloned());
-        let ingress = spawn("ingress", "clothesline-ingress", ingress_port, &url, &ingress_args);
+        let ingress = spawn(
+            "ingress",
+            "clothesline-ingress",
+            ingress_port,
+            &url,
+            &ingress_args,
+        );
 
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap();
         wait_ready(&http, &ingress).await;
         for p in &preprocessors {
             wait_ready(&http, p).await;
         }
         wait_ready(&http, &worker).await;
-        Self { nats, ingress, preprocessors, worker, http }
+        Self {
+            nats,
+            ingress,
+            preprocessors,
+            worker,
+            http,
+        }
     }
 
     /// `POST /predict {"url": url}`: the status and the JSON body.
