@@ -1,10 +1,9 @@
 //! The HTTP API: `POST /predict` (the classic gateway's flat `{class: score}` answer),
 //! `POST /v1/classify` (URL, raw image body or multipart upload; top-k, probabilities, timings),
-//! `GET /healthz`, `GET /readyz`, `GET /metrics`.
+//! `POST /v1/classify/batch` (many URLs, answered in order, each with its result or error),
+//! `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /openapi.json`.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequest, Multipart, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -13,37 +12,32 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use protocol::names::CONTENT_TYPE_JSON;
-use protocol::{ClassifyRequest, ErrorCode, ModelRef, Prediction, Timings};
-use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
+use protocol::{ClassifyRequest, Error, ErrorCode};
+use serde::Deserialize;
 
-use crate::backend::{Backend, Job};
+use crate::call::{AppState, Call, CallHeaders, Classification};
 use crate::error::AppError;
-use crate::metrics::Metrics;
-
-/// Everything a handler needs.
-#[derive(Clone)]
-pub struct AppState {
-    pub backend: Arc<dyn Backend>,
-    pub metrics: Metrics,
-    pub inflight: Arc<Semaphore>,
-    pub default_timeout: Duration,
-    pub max_timeout: Duration,
-    pub max_body_bytes: usize,
-}
 
 /// Header a caller may set to ask for a shorter deadline than the default.
 pub const HEADER_TIMEOUT_MS: &str = "x-request-timeout-ms";
 /// Request id header, accepted from the caller (if sane) and always returned.
 pub const HEADER_REQUEST_ID: &str = "x-request-id";
 
+/// The OpenAPI 3.1 document of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/predict", post(predict))
         .route("/v1/classify", post(classify))
+        .route("/v1/classify/batch", post(classify_batch))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
         .with_state(state)
 }
@@ -67,110 +61,57 @@ async fn metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Per-request bookkeeping: id, deadline, in-flight permit, metrics on the way out.
-struct Call {
+fn call_headers(headers: &HeaderMap) -> CallHeaders<'_> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    CallHeaders {
+        request_id: get(HEADER_REQUEST_ID),
+        timeout_ms: get(HEADER_TIMEOUT_MS),
+        traceparent: get("traceparent"),
+    }
+}
+
+/// Runs `work` as one admitted call and turns its outcome into the HTTP response.
+async fn handle<F, Fut>(
+    state: &AppState,
     route: &'static str,
-    request_id: String,
-    timeout: Duration,
-    traceparent: Option<String>,
-    started: Instant,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl Call {
-    fn begin(state: &AppState, route: &'static str, headers: &HeaderMap) -> Result<Self, AppError> {
-        let request_id = headers
-            .get(HEADER_REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .filter(|id| valid_request_id(id))
-            .map(str::to_string)
-            .unwrap_or_else(protocol::meta::new_request_id);
-        let timeout = match headers.get(HEADER_TIMEOUT_MS) {
-            None => state.default_timeout,
-            Some(v) => {
-                let ms = v
-                    .to_str()
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u64>().ok())
-                    .filter(|ms| *ms > 0)
-                    .ok_or_else(|| {
-                        AppError::new(
-                            ErrorCode::BadRequest,
-                            format!("{HEADER_TIMEOUT_MS} must be a positive integer"),
-                        )
-                    })?;
-                Duration::from_millis(ms).min(state.max_timeout)
-            }
-        };
-        let permit = state.inflight.clone().try_acquire_owned().map_err(|_| {
-            AppError::new(
-                ErrorCode::Overloaded,
-                "too many requests in flight on this instance; retry later",
-            )
-        })?;
-        let traceparent = headers
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        state.metrics.inflight.inc();
-        Ok(Self {
-            route,
-            request_id,
-            timeout,
-            traceparent,
-            started: Instant::now(),
-            _permit: permit,
-        })
-    }
-
-    fn job(&self, content_type: &str, payload: Bytes) -> Job {
-        Job {
-            request_id: self.request_id.clone(),
-            content_type: content_type.to_string(),
-            payload,
-            timeout: self.timeout,
-            traceparent: self.traceparent.clone(),
+    headers: &HeaderMap,
+    work: F,
+) -> Response
+where
+    F: FnOnce(Call) -> Fut,
+    Fut: std::future::Future<Output = (Call, Result<Response, AppError>)>,
+{
+    let call = match Call::begin(state, route, call_headers(headers)) {
+        Ok(c) => c,
+        Err(e) => {
+            state
+                .metrics
+                .errors
+                .with_label_values(&[e.code.as_str()])
+                .inc();
+            state
+                .metrics
+                .requests
+                .with_label_values(&[route, &e.code.http_status().to_string()])
+                .inc();
+            return AppError(e).into_response();
         }
-    }
-
-    /// Records metrics and stamps the request id on the response.
-    fn finish(self, state: &AppState, result: Result<Response, AppError>) -> Response {
-        state.metrics.inflight.dec();
-        let mut response = match result {
-            Ok(r) => r,
-            Err(e) => {
-                state
-                    .metrics
-                    .errors
-                    .with_label_values(&[e.0.code.as_str()])
-                    .inc();
-                tracing::info!(request_id = %self.request_id, code = %e.0.code, message = %e.0.message, "request failed");
-                e.into_response()
-            }
-        };
-        state
-            .metrics
-            .requests
-            .with_label_values(&[self.route, response.status().as_str()])
-            .inc();
-        state
-            .metrics
-            .latency
-            .with_label_values(&[self.route])
-            .observe(self.started.elapsed().as_secs_f64());
-        if let Ok(v) = HeaderValue::from_str(&self.request_id) {
-            response.headers_mut().insert(HEADER_REQUEST_ID, v);
+    };
+    let (call, result) = work(call).await;
+    let mut response = match result {
+        Ok(r) => {
+            call.record(r.status().as_u16(), None);
+            r
         }
-        response
+        Err(e) => {
+            call.record(e.0.code.http_status(), Some(&e.0));
+            e.into_response()
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&call.request_id) {
+        response.headers_mut().insert(HEADER_REQUEST_ID, v);
     }
-}
-
-fn valid_request_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    response
 }
 
 /// Reads the whole body, mapping axum's rejections (too large, ...) to JSON errors.
@@ -186,65 +127,44 @@ async fn body_bytes(request: Request) -> Result<Bytes, AppError> {
         })
 }
 
+/// The JSON payload queued for a URL request.
+pub fn url_payload(url: String) -> Bytes {
+    serde_json::to_vec(&ClassifyRequest { url })
+        .map(Bytes::from)
+        .unwrap_or_default()
+}
+
 /// `POST /predict {"url": ...}` -> `{"dress": -1.2, "hat": 0.3, ...}`: the model's raw scores
 /// (logits) by class name, exactly what the classic gateway answered. The body is read as JSON
 /// whatever its content type (curl -d sends a form type).
 async fn predict(State(state): State<AppState>, request: Request) -> Response {
-    let call = match Call::begin(&state, "/predict", request.headers()) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
-    let result = async {
-        let body = body_bytes(request).await?;
-        let url = ClassifyRequest::from_json(&body)?.url;
-        let payload = serde_json::to_vec(&ClassifyRequest { url })
-            .map_err(|e| AppError::new(ErrorCode::Internal, e.to_string()))?;
-        let prediction = state
-            .backend
-            .submit(call.job(CONTENT_TYPE_JSON, payload.into()))
-            .await?;
-        let scores: BTreeMap<&str, f32> = prediction
-            .classes
-            .iter()
-            .map(String::as_str)
-            .zip(prediction.logits.iter().copied())
-            .collect();
-        Ok(Json(scores).into_response())
-    }
-    .await;
-    call.finish(&state, result)
+    let headers = request.headers().clone();
+    handle(&state, "/predict", &headers, |call| async {
+        let result = async {
+            let body = body_bytes(request).await?;
+            let url = ClassifyRequest::from_json(&body)?.url;
+            let prediction = state
+                .backend
+                .submit(call.job(CONTENT_TYPE_JSON, url_payload(url)))
+                .await?;
+            let scores: BTreeMap<&str, f32> = prediction
+                .classes
+                .iter()
+                .map(String::as_str)
+                .zip(prediction.logits.iter().copied())
+                .collect();
+            Ok(Json(scores).into_response())
+        }
+        .await;
+        (call, result)
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
 pub struct ClassifyQuery {
     /// How many labels to list in `top` (default 3).
     pub top_k: Option<usize>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Label {
-    pub label: String,
-    pub probability: f32,
-}
-
-/// The answer of `/v1/classify`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Classification {
-    pub request_id: String,
-    pub model: ModelRef,
-    /// The `top_k` most likely labels, most likely first.
-    pub top: Vec<Label>,
-    /// Softmax probabilities of every class.
-    pub scores: BTreeMap<String, f32>,
-    /// Time spent in each tier, and `total_ms` as seen by the ingress.
-    pub timings: TimingsOut,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct TimingsOut {
-    #[serde(flatten)]
-    pub tiers: Timings,
-    pub total_ms: f64,
 }
 
 /// `POST /v1/classify`: `{"url": ...}` as JSON, the image itself (`image/*` or
@@ -254,28 +174,27 @@ async fn classify(
     Query(q): Query<ClassifyQuery>,
     request: Request,
 ) -> Response {
-    let call = match Call::begin(&state, "/v1/classify", request.headers()) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
-    let top_k = q.top_k.unwrap_or(3);
-    let result = async {
-        let (content_type, payload) = classify_payload(request).await?;
-        let prediction = state
-            .backend
-            .submit(call.job(&content_type, payload))
-            .await?;
-        let total_ms = call.started.elapsed().as_secs_f64() * 1e3;
-        Ok(Json(classification(
-            &call.request_id,
-            prediction,
-            top_k,
-            total_ms,
-        ))
-        .into_response())
-    }
-    .await;
-    call.finish(&state, result)
+    let headers = request.headers().clone();
+    handle(&state, "/v1/classify", &headers, |call| async {
+        let result = async {
+            let (content_type, payload) = classify_payload(request).await?;
+            let prediction = state
+                .backend
+                .submit(call.job(&content_type, payload))
+                .await?;
+            let total_ms = call.started.elapsed().as_secs_f64() * 1e3;
+            Ok(Json(Classification::new(
+                &call.request_id,
+                prediction,
+                q.top_k.unwrap_or(3),
+                total_ms,
+            ))
+            .into_response())
+        }
+        .await;
+        (call, result)
+    })
+    .await
 }
 
 async fn classify_payload(request: Request) -> Result<(String, Bytes), AppError> {
@@ -294,10 +213,10 @@ async fn classify_payload(request: Request) -> Result<(String, Bytes), AppError>
     match mime.as_str() {
         "application/json" => {
             let body = body_bytes(request).await?;
-            let url = ClassifyRequest::from_json(&body)?.url;
-            let payload = serde_json::to_vec(&ClassifyRequest { url })
-                .map_err(|e| AppError::new(ErrorCode::Internal, e.to_string()))?;
-            Ok((CONTENT_TYPE_JSON.to_string(), payload.into()))
+            Ok((
+                CONTENT_TYPE_JSON.to_string(),
+                url_payload(ClassifyRequest::from_json(&body)?.url),
+            ))
         }
         m if m.starts_with("image/") || m == "application/octet-stream" => {
             let body = body_bytes(request).await?;
@@ -353,25 +272,75 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> AppError {
     }
 }
 
-fn classification(request_id: &str, p: Prediction, top_k: usize, total_ms: f64) -> Classification {
-    let probs = p.probabilities();
-    let mut ranked: Vec<(usize, f32)> = probs.iter().copied().enumerate().collect();
-    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-    Classification {
-        request_id: request_id.to_string(),
-        top: ranked
-            .iter()
-            .take(top_k)
-            .map(|&(i, probability)| Label {
-                label: p.classes[i].clone(),
-                probability,
-            })
-            .collect(),
-        scores: p.classes.iter().cloned().zip(probs).collect(),
-        model: p.model,
-        timings: TimingsOut {
-            tiers: p.timings,
-            total_ms,
-        },
+/// `POST /v1/classify/batch {"urls": [...]}` -> `{"results": [...]}` in the same order, each
+/// item a classification or `{"url", "error": {"code", "message"}}`. Every URL takes its own
+/// in-flight permit; the whole call is refused with 429 when there are not enough.
+async fn classify_batch(
+    State(state): State<AppState>,
+    Query(q): Query<ClassifyQuery>,
+    request: Request,
+) -> Response {
+    let headers = request.headers().clone();
+    handle(&state, "/v1/classify/batch", &headers, |call| async {
+        let result = async {
+            let urls = batch_urls(&body_bytes(request).await?, state.max_batch_urls)?;
+            let mut calls = Vec::with_capacity(urls.len());
+            for i in 0..urls.len() {
+                let id = format!("{}-{i}", call.request_id);
+                let timeout = call.timeout.as_millis().to_string();
+                let h = CallHeaders { request_id: Some(&id), timeout_ms: Some(&timeout), traceparent: call.traceparent.as_deref() };
+                calls.push(Call::begin(&state, "/v1/classify/batch[item]", h)?);
+            }
+            let top_k = q.top_k.unwrap_or(3);
+            let items = futures::future::join_all(urls.into_iter().zip(calls).map(|(url, item)| {
+                let backend = state.backend.clone();
+                async move {
+                    let outcome = backend.submit(item.job(CONTENT_TYPE_JSON, url_payload(url.clone()))).await;
+                    let total_ms = item.started.elapsed().as_secs_f64() * 1e3;
+                    match outcome {
+                        Ok(p) => {
+                            item.record(200, None);
+                            serde_json::to_value(Classification::new(&item.request_id, p, top_k, total_ms))
+                                .map(|mut v| {
+                                    v["url"] = url.into();
+                                    v
+                                })
+                                .unwrap_or_default()
+                        }
+                        Err(e) => {
+                            item.record(e.code.http_status(), Some(&e));
+                            serde_json::json!({ "url": url, "request_id": item.request_id, "error": e })
+                        }
+                    }
+                }
+            }))
+            .await;
+            Ok(Json(serde_json::json!({ "request_id": call.request_id, "results": items })).into_response())
+        }
+        .await;
+        (call, result)
+    })
+    .await
+}
+
+fn batch_urls(body: &[u8], max: usize) -> Result<Vec<String>, Error> {
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| Error::new(ErrorCode::BadRequest, format!("malformed JSON: {e}")))?;
+    let urls = value
+        .get("urls")
+        .and_then(|u| u.as_array())
+        .ok_or_else(|| Error::new(ErrorCode::BadRequest, "expected {\"urls\": [\"...\", ...]}"))?;
+    if urls.is_empty() || urls.len() > max {
+        return Err(Error::new(
+            ErrorCode::BadRequest,
+            format!("send between 1 and {max} urls, got {}", urls.len()),
+        ));
     }
+    urls.iter()
+        .map(|u| {
+            u.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| Error::new(ErrorCode::BadRequest, "every url must be a string"))
+        })
+        .collect()
 }

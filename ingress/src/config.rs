@@ -31,6 +31,13 @@ pub struct Config {
     /// Largest accepted request body (uploaded image or JSON), in bytes.
     #[arg(long, env = "INGRESS_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Most URLs in one `POST /v1/classify/batch` call.
+    #[arg(long, env = "INGRESS_MAX_BATCH_URLS", default_value_t = 32)]
+    pub max_batch_urls: usize,
+    /// Subject of the NATS request-reply service (registered with the NATS services API);
+    /// empty to disable it.
+    #[arg(long, env = "INGRESS_SERVICE_SUBJECT", default_value = protocol::names::SERVICE_SUBJECT)]
+    pub service_subject: String,
     /// Name of this instance in its reply subject (`clothesline.replies.<id>`); unique per
     /// process by default.
     #[arg(long, env = "INGRESS_INSTANCE_ID")]

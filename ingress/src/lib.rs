@@ -2,22 +2,28 @@
 //! stream with its reply subject in a header, and waits for the reply that the finishing tier
 //! publishes on this instance's reply subject.
 //!
+//! The same classification is offered to NATS services on `clothesline.classify` ([`service`]).
+//!
 //! [`run`] takes its shutdown future so tests control it; [`api::app`] builds the router from a
 //! state whose [`backend::Backend`] can be faked in unit tests.
 
 pub mod api;
 pub mod backend;
+pub mod call;
 pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod replies;
+pub mod service;
 
 use std::future::Future;
 use std::sync::Arc;
 
-pub use api::{AppState, app};
+pub use api::app;
+pub use call::AppState;
 pub use config::Config;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::backend::NatsBackend;
 use crate::metrics::Metrics;
@@ -63,12 +69,35 @@ pub async fn serve(
         default_timeout: config.default_timeout(),
         max_timeout: config.max_timeout(),
         max_body_bytes: config.max_body_bytes,
+        max_batch_urls: config.max_batch_urls,
     };
+    let token = CancellationToken::new();
+    let service = (!config.service_subject.is_empty()).then(|| {
+        let serving = service::serve(
+            client.clone(),
+            config.service_subject.clone(),
+            state.clone(),
+            token.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = serving.await {
+                tracing::error!(error = %e, "NATS service failed");
+            }
+        })
+    });
     tracing::info!(addr = %listener.local_addr()?, reply_subject = router.subject(), "ingress listening");
+    let stop = token.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stop.cancel();
+    };
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
         .await?;
-    tracing::info!("HTTP server drained; closing NATS");
+    if let Some(service) = service {
+        service.await.ok();
+    }
+    tracing::info!("HTTP server and NATS service drained; closing NATS");
     routing.abort();
     client.drain().await.ok();
     Ok(())

@@ -14,6 +14,8 @@ pub struct Metrics {
     /// End-to-end latency as seen by the ingress, by route.
     pub latency: HistogramVec,
     pub inflight: IntGauge,
+    /// Requests refused without being served, by reason (overloaded, queue_full, unavailable).
+    pub rejected: IntCounterVec,
     /// Replies that arrived for no waiting caller (late or duplicate).
     pub unmatched_replies: IntCounter,
 }
@@ -40,6 +42,14 @@ impl Metrics {
             &["route"],
         )
         .expect("valid metric");
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "ingress_rejected_total",
+                "Requests refused without being served, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         let inflight =
             IntGauge::new("ingress_inflight", "Requests in flight").expect("valid metric");
         let unmatched_replies = IntCounter::new(
@@ -52,6 +62,7 @@ impl Metrics {
             Box::new(errors.clone()),
             Box::new(latency.clone()),
             Box::new(inflight.clone()),
+            Box::new(rejected.clone()),
             Box::new(unmatched_replies.clone()),
         ] {
             registry.register(c).expect("metric registered once");
@@ -62,6 +73,7 @@ impl Metrics {
             errors,
             latency,
             inflight,
+            rejected,
             unmatched_replies,
         }
     }

@@ -67,6 +67,7 @@ fn state(fake: Arc<Fake>, max_inflight: usize) -> AppState {
         default_timeout: Duration::from_secs(5),
         max_timeout: Duration::from_secs(10),
         max_body_bytes: 1024,
+        max_batch_urls: 4,
     }
 }
 
@@ -289,4 +290,104 @@ async fn readyz_reports_the_backend_and_metrics_count_requests() {
             .unwrap()
             .contains(r#"ingress_requests_total{route="/predict",status="200"} 1"#)
     );
+}
+
+#[tokio::test]
+async fn batch_answers_every_url_in_order_with_its_own_outcome() {
+    let f = fake(Ok(prediction()));
+    let body = r#"{"urls":["http://h/a.jpg","http://h/b.jpg","http://h/c.jpg"]}"#;
+    let (status, _, json) = call(
+        state(f.clone(), 8),
+        post("/v1/classify/batch?top_k=1", Some("application/json"), body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    let results = json["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r["url"], format!("http://h/{}.jpg", ["a", "b", "c"][i]));
+        assert_eq!(r["top"][0]["label"], "hat");
+        assert!(
+            r["request_id"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("-{i}"))
+        );
+    }
+    assert_eq!(f.seen.lock().unwrap().len(), 3);
+
+    let failing = fake(Err(Error::new(ErrorCode::OriginError, "404")));
+    let (status, _, json) = call(
+        state(failing, 8),
+        post("/v1/classify/batch", Some("application/json"), body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json["results"][2]["error"]["code"], "origin_error");
+}
+
+#[tokio::test]
+async fn batch_refuses_bad_bodies_and_more_urls_than_allowed() {
+    for body in [
+        r#"{"urls":[]}"#,
+        r#"{"urls":["a","b","c","d","e"]}"#,
+        r#"{"urls":[1]}"#,
+        r#"{"url":"x"}"#,
+        "nope",
+    ] {
+        let (status, _, json) = call(
+            state(fake(Ok(prediction())), 16),
+            post("/v1/classify/batch", None, body),
+        )
+        .await;
+        assert_eq!(
+            (status.as_u16(), json["error"]["code"].as_str()),
+            (400, Some("bad_request")),
+            "{body}"
+        );
+    }
+    // 3 URLs need 3 permits besides the call's own: with 3 in all, the call is refused at once.
+    let body = r#"{"urls":["http://h/a","http://h/b","http://h/c"]}"#;
+    let (status, _, json) = call(
+        state(fake(Ok(prediction())), 3),
+        post("/v1/classify/batch", None, body),
+    )
+    .await;
+    assert_eq!(
+        (status.as_u16(), json["error"]["code"].as_str()),
+        (429, Some("overloaded"))
+    );
+}
+
+#[tokio::test]
+async fn openapi_document_describes_every_route() {
+    let (status, _, json) = call(
+        state(fake(Ok(prediction())), 4),
+        Request::get("/openapi.json").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json["openapi"], "3.1.0");
+    for path in [
+        "/predict",
+        "/v1/classify",
+        "/v1/classify/batch",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+    ] {
+        assert!(
+            json["paths"].get(path).is_some(),
+            "{path} missing from openapi.json"
+        );
+    }
+    let codes: Vec<&str> = json["components"]["schemas"]["ErrorBody"]["properties"]["code"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let all: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    assert_eq!(codes, all, "openapi.json lists every error code");
 }

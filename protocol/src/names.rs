@@ -14,6 +14,13 @@ pub const TENSORS_SUBJECT: &str = "clothesline.tensors";
 /// Durable pull consumer the gpu-workers share on the tensors stream.
 pub const GPU_WORKER_CONSUMER: &str = "gpu-worker";
 
+/// Request-reply service subject answered by the ingress (NATS services API, name below).
+pub const SERVICE_SUBJECT: &str = "clothesline.classify";
+/// Name of the ingress in the NATS services API (`nats micro ls`).
+pub const SERVICE_NAME: &str = "clothesline";
+/// On service requests: a shorter deadline than the ingress's default, in milliseconds.
+pub const HEADER_TIMEOUT_MS: &str = "Clothesline-Timeout-Ms";
+
 /// Prefix of the per-ingress reply subjects: `clothesline.replies.<instance>`.
 pub const REPLIES_PREFIX: &str = "clothesline.replies";
 

@@ -1,0 +1,198 @@
+//! What every request goes through, over HTTP or NATS: an id, a deadline (the default or a
+//! shorter one the caller asks for), an in-flight permit (or `overloaded` at once), and metrics on
+//! the way out. Also the `/v1/classify` answer shape, shared by both transports.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use protocol::{Error, ErrorCode, ModelRef, Prediction, Timings};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+use crate::backend::{Backend, Job};
+use crate::metrics::Metrics;
+
+/// Everything a request handler needs, whatever the transport.
+#[derive(Clone)]
+pub struct AppState {
+    pub backend: Arc<dyn Backend>,
+    pub metrics: Metrics,
+    pub inflight: Arc<Semaphore>,
+    pub default_timeout: Duration,
+    pub max_timeout: Duration,
+    pub max_body_bytes: usize,
+    /// Most URLs in one `/v1/classify/batch` call.
+    pub max_batch_urls: usize,
+}
+
+/// What the caller said about its request, from HTTP or NATS headers.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CallHeaders<'a> {
+    pub request_id: Option<&'a str>,
+    pub timeout_ms: Option<&'a str>,
+    pub traceparent: Option<&'a str>,
+}
+
+/// One admitted request: holds its in-flight permit until dropped.
+pub struct Call {
+    pub route: &'static str,
+    pub request_id: String,
+    pub timeout: Duration,
+    pub traceparent: Option<String>,
+    pub started: Instant,
+    metrics: Metrics,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Call {
+    /// Admits a request, or refuses it (`bad_request`, `overloaded`) without queueing anything.
+    pub fn begin(state: &AppState, route: &'static str, h: CallHeaders<'_>) -> Result<Self, Error> {
+        let request_id = h
+            .request_id
+            .filter(|id| valid_request_id(id))
+            .map(str::to_string)
+            .unwrap_or_else(protocol::meta::new_request_id);
+        let timeout = match h.timeout_ms {
+            None => state.default_timeout,
+            Some(v) => {
+                let ms = v
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|ms| *ms > 0)
+                    .ok_or_else(|| {
+                        Error::new(
+                            ErrorCode::BadRequest,
+                            format!(
+                                "the request timeout must be a positive integer of ms, got {v:?}"
+                            ),
+                        )
+                    })?;
+                Duration::from_millis(ms).min(state.max_timeout)
+            }
+        };
+        let permit = state.inflight.clone().try_acquire_owned().map_err(|_| {
+            state
+                .metrics
+                .rejected
+                .with_label_values(&["overloaded"])
+                .inc();
+            Error::new(
+                ErrorCode::Overloaded,
+                "too many requests in flight on this instance; retry later",
+            )
+        })?;
+        state.metrics.inflight.inc();
+        Ok(Self {
+            route,
+            request_id,
+            timeout,
+            traceparent: h.traceparent.map(str::to_string),
+            started: Instant::now(),
+            metrics: state.metrics.clone(),
+            _permit: permit,
+        })
+    }
+
+    pub fn job(&self, content_type: &str, payload: Bytes) -> Job {
+        Job {
+            request_id: self.request_id.clone(),
+            content_type: content_type.to_string(),
+            payload,
+            timeout: self.timeout,
+            traceparent: self.traceparent.clone(),
+        }
+    }
+
+    /// Records the outcome: status (HTTP's, also for NATS answers), error code, latency.
+    pub fn record(&self, status: u16, error: Option<&Error>) {
+        if let Some(e) = error {
+            self.metrics
+                .errors
+                .with_label_values(&[e.code.as_str()])
+                .inc();
+            if matches!(e.code, ErrorCode::QueueFull | ErrorCode::Unavailable) {
+                self.metrics
+                    .rejected
+                    .with_label_values(&[e.code.as_str()])
+                    .inc();
+            }
+            tracing::info!(request_id = %self.request_id, code = %e.code, message = %e.message, "request failed");
+        }
+        self.metrics
+            .requests
+            .with_label_values(&[self.route, &status.to_string()])
+            .inc();
+        self.metrics
+            .latency
+            .with_label_values(&[self.route])
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        self.metrics.inflight.dec();
+    }
+}
+
+pub fn valid_request_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Label {
+    pub label: String,
+    pub probability: f32,
+}
+
+/// The answer of `/v1/classify` and of the NATS service.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Classification {
+    pub request_id: String,
+    pub model: ModelRef,
+    /// The `top_k` most likely labels, most likely first.
+    pub top: Vec<Label>,
+    /// Softmax probabilities of every class.
+    pub scores: BTreeMap<String, f32>,
+    /// Time spent in each tier, and `total_ms` as seen by the ingress.
+    pub timings: TimingsOut,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TimingsOut {
+    #[serde(flatten)]
+    pub tiers: Timings,
+    pub total_ms: f64,
+}
+
+impl Classification {
+    pub fn new(request_id: &str, p: Prediction, top_k: usize, total_ms: f64) -> Self {
+        let probs = p.probabilities();
+        let mut ranked: Vec<(usize, f32)> = probs.iter().copied().enumerate().collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Self {
+            request_id: request_id.to_string(),
+            top: ranked
+                .iter()
+                .take(top_k)
+                .map(|&(i, probability)| Label {
+                    label: p.classes[i].clone(),
+                    probability,
+                })
+                .collect(),
+            scores: p.classes.iter().cloned().zip(probs).collect(),
+            model: p.model,
+            timings: TimingsOut {
+                tiers: p.timings,
+                total_ms,
+            },
+        }
+    }
+}

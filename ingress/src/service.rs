@@ -1,0 +1,132 @@
+//! The NATS API: request-reply on `clothesline.classify`, registered with the NATS services API
+//! (so `nats micro ls|info|stats` list it), answered by the ingress with the same JSON as
+//! `POST /v1/classify`. The body is `{"url": ...}` (JSON) or the image itself with an `image/*`
+//! `Content-Type` header. Errors come back as `{"error": {"code", "message"}}` with the
+//! `Clothesline-Error` header and the services API's `Nats-Service-Error(-Code)` headers.
+
+use async_nats::HeaderMap;
+use async_nats::service::ServiceExt;
+use futures::StreamExt;
+use protocol::Error;
+use protocol::messages::RequestPayload;
+use protocol::names::*;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::url_payload;
+use crate::call::{AppState, Call, CallHeaders, Classification};
+
+/// Registers the service and answers requests until `shutdown`; each request runs on its own
+/// task, bounded by the ingress's in-flight limit (beyond it: `overloaded` at once).
+pub async fn serve(
+    client: async_nats::Client,
+    subject: String,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> Result<(), async_nats::Error> {
+    let service = client
+        .service_builder()
+        .description("Classifies clothes images: {\"url\"} or image bytes in, class scores out")
+        .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
+        .await?;
+    let mut endpoint = service
+        .endpoint_builder()
+        .name("classify")
+        .add(subject.clone())
+        .await?;
+    tracing::info!(%subject, "NATS service listening");
+    loop {
+        let request = tokio::select! {
+            r = endpoint.next() => match r { Some(r) => r, None => break },
+            _ = shutdown.cancelled() => break,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let (body, headers) = answer(&state, &request.message).await;
+            if let Err(e) = request.respond_with_headers(Ok(body), headers).await {
+                tracing::warn!(error = %e, "could not answer a service request");
+            }
+        });
+    }
+    service.stop().await.ok();
+    Ok(())
+}
+
+/// The JSON answer and its headers for one service request.
+async fn answer(state: &AppState, msg: &async_nats::Message) -> (bytes::Bytes, HeaderMap) {
+    let get = |name: &str| {
+        msg.headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str())
+    };
+    let h = CallHeaders {
+        request_id: get(HEADER_REQUEST_ID),
+        timeout_ms: get(HEADER_TIMEOUT_MS),
+        traceparent: get(HEADER_TRACEPARENT),
+    };
+    let call = match Call::begin(state, "nats:classify", h) {
+        Ok(c) => c,
+        Err(e) => {
+            state
+                .metrics
+                .errors
+                .with_label_values(&[e.code.as_str()])
+                .inc();
+            return error_answer(None, &e);
+        }
+    };
+    let outcome = async {
+        let payload = RequestPayload::parse(get(HEADER_CONTENT_TYPE), msg.payload.clone())?;
+        let job = match payload {
+            RequestPayload::Url(url) => call.job(CONTENT_TYPE_JSON, url_payload(url)),
+            RequestPayload::Image {
+                content_type,
+                bytes,
+            } => call.job(&content_type, bytes),
+        };
+        let prediction = state.backend.submit(job).await?;
+        let total_ms = call.started.elapsed().as_secs_f64() * 1e3;
+        Ok::<_, Error>(Classification::new(
+            &call.request_id,
+            prediction,
+            3,
+            total_ms,
+        ))
+    }
+    .await;
+    match outcome {
+        Ok(c) => {
+            call.record(200, None);
+            let mut headers = HeaderMap::new();
+            headers.insert(HEADER_REQUEST_ID, call.request_id.as_str());
+            headers.insert(HEADER_CONTENT_TYPE, CONTENT_TYPE_JSON);
+            (serde_json::to_vec(&c).unwrap_or_default().into(), headers)
+        }
+        Err(e) => {
+            call.record(e.code.http_status(), Some(&e));
+            error_answer(Some(&call.request_id), &e)
+        }
+    }
+}
+
+fn error_answer(request_id: Option<&str>, e: &Error) -> (bytes::Bytes, HeaderMap) {
+    let mut headers = HeaderMap::new();
+    if let Some(id) = request_id {
+        headers.insert(HEADER_REQUEST_ID, id);
+    }
+    headers.insert(HEADER_CONTENT_TYPE, CONTENT_TYPE_JSON);
+    headers.insert(HEADER_ERROR, e.code.as_str());
+    let message: String = e
+        .message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    headers.insert("Nats-Service-Error", message);
+    headers.insert("Nats-Service-Error-Code", e.code.http_status().to_string());
+    (
+        serde_json::to_vec(&e.to_json_body())
+            .unwrap_or_default()
+            .into(),
+        headers,
+    )
+}
