@@ -8,7 +8,7 @@ use async_nats::jetstream::{self, context::PublishErrorKind};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use protocol::messages::Outcome;
-use protocol::names::{REQUESTS_STREAM, REQUESTS_SUBJECT, TENSORS_STREAM};
+use protocol::names::{CANCEL_SUBJECT, REQUESTS_STREAM, REQUESTS_SUBJECT, TENSORS_STREAM};
 use protocol::{Error, ErrorCode, Prediction, RequestMeta};
 
 use crate::replies::ReplyRouter;
@@ -81,18 +81,50 @@ impl NatsBackend {
             .publish_with_headers(REQUESTS_SUBJECT, headers, job.payload)
             .await
             .map_err(publish_error)?;
+        // From here on the request is queued: if this future is dropped (the HTTP client went
+        // away) or the deadline passes before the reply, tell the workers not to bother.
+        let mut cancel = CancelOnDrop {
+            client: self.client.clone(),
+            id: Some(meta.request_id.clone()),
+        };
         match tokio::time::timeout_at(deadline, ack).await {
             Err(_) => return Err(deadline_error(job.timeout)),
             Ok(Err(e)) => return Err(publish_error(e)),
             Ok(Ok(_)) => {}
         }
-        match tokio::time::timeout_at(deadline, waiter.reply()).await {
+        let reply = tokio::time::timeout_at(deadline, waiter.reply()).await;
+        if matches!(reply, Ok(Some(_))) {
+            cancel.id = None;
+        }
+        match reply {
             Err(_) => Err(deadline_error(job.timeout)),
             Ok(None) => Err(Error::new(ErrorCode::Unavailable, "reply routing stopped")),
             Ok(Some(reply)) => match reply.outcome {
                 Outcome::Prediction(p) => Ok(p),
                 Outcome::Error(e) => Err(e),
             },
+        }
+    }
+}
+
+/// Publishes the request id on `clothesline.cancel` when dropped while still armed.
+struct CancelOnDrop {
+    client: async_nats::Client,
+    id: Option<String>,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            let client = self.client.clone();
+            // Drop cannot await: the publish goes on a task (a core-NATS publish only buffers).
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    if let Err(e) = client.publish(CANCEL_SUBJECT, id.into()).await {
+                        tracing::debug!(error = %e, "could not publish a cancellation");
+                    }
+                });
+            }
         }
     }
 }

@@ -3,12 +3,14 @@
 //! Tiers never depend on each other, only on this crate. It holds:
 //! - [`names`]: stream, subject, consumer and header names;
 //! - [`messages`]: the request, tensor and reply messages and their encodings;
+//! - [`cancel`]: the bounded set of cancelled request ids workers check before working;
 //! - [`error`]: one error type with stable codes and its HTTP status mapping;
 //! - [`manifest`]: the model manifest every tier reads;
 //! - [`provision`]: idempotent creation of the JetStream streams and consumers;
 //! - [`meta`]: the per-request metadata carried in NATS headers;
 //! - [`runtime`]: what every binary shares (NATS connection options, logging, shutdown, health server).
 
+pub mod cancel;
 pub mod error;
 pub mod manifest;
 pub mod messages;

@@ -21,6 +21,9 @@ pub const SERVICE_NAME: &str = "clothesline";
 /// On service requests: a shorter deadline than the ingress's default, in milliseconds.
 pub const HEADER_TIMEOUT_MS: &str = "Clothesline-Timeout-Ms";
 
+/// Core-NATS subject on which the ingress publishes the id of a request whose caller went away.
+pub const CANCEL_SUBJECT: &str = "clothesline.cancel";
+
 /// Prefix of the per-ingress reply subjects: `clothesline.replies.<instance>`.
 pub const REPLIES_PREFIX: &str = "clothesline.replies";
 
