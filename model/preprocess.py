@@ -2,7 +2,10 @@
 
 `load_image(path_or_bytes, height=224, width=224)` returns a uint8 numpy array [H, W, 3]:
 
-1. open with PIL and apply the EXIF orientation (`ImageOps.exif_transpose`);
+1. open with PIL; a JPEG (not CMYK) at least 2, 4 or 8 times the target size in both
+   dimensions is decoded at 1/2, 1/4 or 1/8 of its size (`img.draft`, libjpeg's DCT scaling,
+   the target taken in the stored orientation); apply the EXIF orientation
+   (`ImageOps.exif_transpose`);
 2. animated images (GIF, APNG, WebP...): the first frame; then `img.convert("RGB")`
    (alpha dropped, grayscale / CMYK / palette converted by PIL);
 3. resize to exactly (width, height), ignoring the aspect ratio (stretch, like Keras
@@ -35,6 +38,7 @@ from PIL import Image, ImageOps
 
 DEFAULT_HEIGHT = 224
 DEFAULT_WIDTH = 224
+ORIENTATION = 0x0112  # EXIF tag
 
 Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
 
@@ -50,6 +54,12 @@ def load_image(source: Source, height: int = DEFAULT_HEIGHT, width: int = DEFAUL
     with _open(source) as img:
         if getattr(img, "n_frames", 1) > 1:
             img.seek(0)  # first frame of an animation
+        if img.format in ("JPEG", "MPO") and img.mode in ("RGB", "L"):
+            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the image is that many times the
+            # target (DCT scaling; the Rust preprocessor picks the same factor). The draft acts on
+            # the stored image, before the EXIF rotation: orientations 5-8 swap the target.
+            swapped = img.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)
+            img.draft("RGB", (height, width) if swapped else (width, height))
         img = ImageOps.exif_transpose(img)  # returns a new (loaded) image
     img = img.convert("RGB")
     if img.size != (width, height):

@@ -157,3 +157,39 @@ async fn private_addresses_are_blocked_unless_allowed() {
         ErrorCode::InvalidUrl
     );
 }
+
+#[test]
+fn redirects_to_private_addresses_are_refused() {
+    // With private addresses blocked no local origin can be reached at all, so the redirect hop
+    // is checked here on its own: it is the function the download loop calls for every
+    // redirect. Host names in a Location are refused by the guarded resolver, like the first
+    // URL's (see `private_addresses_are_blocked_unless_allowed`).
+    use clothesline_preprocessor::net::download::redirect_target;
+    use reqwest::{StatusCode, Url};
+
+    let from = Url::parse("http://images.example.com/a/pic.jpg").unwrap();
+    let hop = |location: &str, allow_private: bool| {
+        redirect_target(&from, StatusCode::FOUND, Some(location), allow_private)
+    };
+    for private in [
+        "http://127.0.0.1:8222/varz",
+        "http://10.0.0.5/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://2130706433/",
+        "https://192.168.1.1/",
+    ] {
+        let err = hop(private, false).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BlockedAddress, "{private}: {}", err.message);
+        assert!(hop(private, true).is_ok(), "{private} is allowed when private addresses are");
+    }
+    for scheme in ["file:///etc/passwd", "gopher://example.com/", "ftp://example.com/a"] {
+        assert_eq!(hop(scheme, false).unwrap_err().code, ErrorCode::InvalidUrl, "{scheme}");
+    }
+    // Relative and public targets are followed.
+    assert_eq!(hop("b.jpg", false).unwrap().as_str(), "http://images.example.com/a/b.jpg");
+    assert_eq!(hop("https://8.8.8.8/x", false).unwrap().as_str(), "https://8.8.8.8/x");
+    let err = redirect_target(&from, StatusCode::FOUND, None, false).unwrap_err();
+    assert_eq!(err.code, ErrorCode::OriginError);
+}

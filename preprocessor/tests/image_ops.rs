@@ -206,3 +206,28 @@ fn output_has_the_spec_size_whatever_the_input_shape() {
         assert!(out.chunks_exact(3).all(|p| p == [9, 99, 199]), "{w}x{h}");
     }
 }
+
+#[test]
+fn large_jpegs_decode_dct_scaled_as_pillow_drafts_them() {
+    // Pillow's draft: s = the largest of 8, 4, 2, 1 with W // w >= s and H // h >= s; the image
+    // decodes at ceil(W / s) x ceil(H / s).
+    let jpeg = encode(
+        &DynamicImage::ImageRgb8(gradient(1001, 501)),
+        ImageFormat::Jpeg,
+    );
+    let size = |bytes: &[u8], w, h| {
+        let out = preprocess_image_timed(bytes, &ImageSpec::new(w, h)).unwrap();
+        assert_eq!(out.data.len(), (w * h * 3) as usize);
+        out.source_size
+    };
+    assert_eq!(size(&jpeg, 224, 224), (501, 251)); // min(4, 2) -> 1/2
+    assert_eq!(size(&jpeg, 100, 100), (251, 126)); // min(10, 5) -> 1/4
+    assert_eq!(size(&jpeg, 100, 50), (126, 63)); // min(10, 10) -> 1/8
+    assert_eq!(size(&jpeg, 501, 224), (1001, 501)); // min(1, 2) -> none
+
+    // Orientation 6: the draft is taken in the stored orientation, so a 60x220 output asks for
+    // 220x60 of the stored 1001x501 image: min(4, 8) -> 1/4 (upright 60x220 would be 1/2).
+    let tagged = with_exif_orientation(&jpeg, 6);
+    assert_eq!(size(&tagged, 60, 220), (126, 251));
+    assert_eq!(size(&jpeg, 60, 220), (501, 251));
+}

@@ -15,6 +15,9 @@ use crate::{free_port, paths, wait_until};
 pub struct StackOptions {
     pub manifest: PathBuf,
     pub preprocessors: usize,
+    /// Start the preprocessors with `--allow-private-addresses` (default), so they can fetch
+    /// from servers on 127.0.0.1; `false` runs them with the production address policy.
+    pub allow_private: bool,
     /// Extra arguments for each tier.
     pub ingress_args: Vec<String>,
     pub preprocessor_args: Vec<String>,
@@ -26,6 +29,7 @@ impl Default for StackOptions {
         Self {
             manifest: paths::manifest(),
             preprocessors: 1,
+            allow_private: true,
             ingress_args: vec![],
             preprocessor_args: vec![],
             worker_args: vec![],
@@ -142,8 +146,10 @@ impl Stack {
                     manifest.clone(),
                     "--http-addr".into(),
                     format!("127.0.0.1:{port}"),
-                    "--allow-private-addresses".into(),
                 ];
+                if opts.allow_private {
+                    args.push("--allow-private-addresses".into());
+                }
                 args.extend(opts.preprocessor_args.iter().cloned());
                 spawn(
                     &format!("preprocessor-{i}"),

@@ -1,10 +1,14 @@
 //! Decoding to RGB8 (JPEG with libjpeg-turbo, see [`super::turbo`]; the rest with the `image`
-//! crate), bounded: the header's pixel count is checked before
-//! any pixel is decoded, and the decoder runs under `image::Limits`.
+//! crate), bounded: the header's pixel count is checked before any pixel is decoded, and the
+//! `image` decoders run under `image::Limits`.
+//!
+//! JPEGs at least 2, 4 or 8 times the output size decode DCT-scaled (1/2, 1/4, 1/8), as
+//! Pillow's `draft` does, into a per-thread buffer that the resize reads in place.
 //!
 //! Matches PIL's `exif_transpose` + first frame + `convert("RGB")`: alpha is dropped (not
 //! composited), grayscale is replicated, palettes are expanded (a GIF's transparent index keeps
-//! its palette colour), 16-bit samples are scaled to 8 bits.
+//! its palette colour), 16-bit samples are scaled to 8 bits. A JPEG's orientation comes from its
+//! first EXIF segment, the one Pillow reads.
 
 use std::io::Cursor;
 
@@ -13,6 +17,7 @@ use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 use protocol::{Error, ErrorCode};
 
+use super::resize::{resize_raw, resize_rgb8};
 use super::{ImageSpec, jpeg, sniff, turbo};
 
 /// Bytes the decoder may allocate per pixel of the limit: RGBA with 16-bit samples.
@@ -20,47 +25,162 @@ const ALLOC_BYTES_PER_PIXEL: u64 = 8;
 /// Allowance on top of the pixel buffers (palettes, scratch buffers, metadata).
 const ALLOC_SLACK: u64 = 64 << 20;
 
+/// A decoded image whose orientation is not applied yet.
+#[derive(Debug)]
+pub struct Decoded<'a> {
+    /// The format it was decoded as.
+    pub format: ImageFormat,
+    /// The orientation still to apply (`NoTransforms` when the spec turns it off).
+    pub orientation: Orientation,
+    pixels: Pixels<'a>,
+}
+
+#[derive(Debug)]
+enum Pixels<'a> {
+    /// A JPEG in the decoder's per-thread buffer.
+    Borrowed(turbo::Pixels<'a>),
+    Owned(RgbImage),
+}
+
+impl Decoded<'_> {
+    /// Width and height after orientation.
+    pub fn size(&self) -> (u32, u32) {
+        let (w, h) = match &self.pixels {
+            Pixels::Borrowed(p) => (p.width, p.height),
+            Pixels::Owned(img) => img.dimensions(),
+        };
+        if swaps_axes(self.orientation) {
+            (h, w)
+        } else {
+            (w, h)
+        }
+    }
+
+    /// The oriented image.
+    pub fn into_rgb8(self) -> RgbImage {
+        let img = match self.pixels {
+            Pixels::Borrowed(p) => RgbImage::from_raw(p.width, p.height, p.data.to_vec()),
+            Pixels::Owned(img) => Some(img),
+        };
+        let mut img = DynamicImage::ImageRgb8(img.unwrap_or_default());
+        // Orienting after the conversion moves 3 bytes per pixel instead of up to 8.
+        img.apply_orientation(self.orientation);
+        img.into_rgb8()
+    }
+
+    /// The oriented image stretched to `width x height`: `height * width * 3` bytes. Upright
+    /// JPEGs are resized straight from the decoder's buffer.
+    pub fn into_resized(self, width: u32, height: u32) -> Result<Vec<u8>, Error> {
+        match self.pixels {
+            Pixels::Borrowed(p) if self.orientation == Orientation::NoTransforms => {
+                if (p.width, p.height) == (width, height) {
+                    Ok(p.data.to_vec())
+                } else {
+                    resize_raw(p.data, p.width, p.height, width, height)
+                }
+            }
+            _ => resize_rgb8(self.into_rgb8(), width, height),
+        }
+    }
+}
+
 /// Decodes `bytes` into an RGB8 image with the EXIF orientation applied (when
 /// `spec.exif_orientation`); also returns the format it was decoded as.
 pub fn decode_rgb8(bytes: &[u8], spec: &ImageSpec) -> Result<(RgbImage, ImageFormat), Error> {
+    decode_with(bytes, spec, |d| Ok((d.format, d.into_rgb8()))).map(|(f, img)| (img, f))
+}
+
+/// Decodes `bytes` and hands the result, before orientation, to `use_decoded` (a JPEG's pixels
+/// live in a per-thread buffer only during that call).
+pub fn decode_with<R>(
+    bytes: &[u8],
+    spec: &ImageSpec,
+    use_decoded: impl FnOnce(Decoded<'_>) -> Result<R, Error>,
+) -> Result<R, Error> {
     let format = sniff::sniff_format(bytes)?;
+    let mut use_decoded = Some(use_decoded);
+    let mut call = |decoded: Decoded<'_>| match use_decoded.take() {
+        Some(f) => f(decoded),
+        None => Err(Error::new(ErrorCode::Internal, "image decoded twice")),
+    };
+    let mut known_orientation = None;
     if format == ImageFormat::Jpeg {
-        jpeg::check_complete(bytes)?;
+        let scanned = jpeg::scan(bytes)?;
+        let orientation = if spec.exif_orientation {
+            // A broken EXIF block does not make the image unusable (PIL ignores it too).
+            scanned
+                .exif
+                .and_then(Orientation::from_exif_chunk)
+                .unwrap_or(Orientation::NoTransforms)
+        } else {
+            Orientation::NoTransforms
+        };
+        let done = turbo::decode(
+            bytes,
+            Some(stored_target(spec, orientation)),
+            |w, h| check_pixels(w, h, spec.max_pixels),
+            |pixels| {
+                call(Decoded {
+                    format,
+                    orientation,
+                    pixels: Pixels::Borrowed(pixels),
+                })
+            },
+        )?;
+        if let Some(result) = done {
+            return Ok(result);
+        }
+        // CMYK or YCCK: the `image` crate converts those.
+        known_orientation = Some(orientation);
     }
+    let (rgb, orientation) = decode_generic(bytes, format, spec, known_orientation)?;
+    call(Decoded {
+        format,
+        orientation,
+        pixels: Pixels::Owned(rgb),
+    })
+}
+
+/// Any served format with the `image` crate (first frame of an animation), to RGB8; also the
+/// orientation to apply (`known_orientation` when given, else the decoder's).
+fn decode_generic(
+    bytes: &[u8],
+    format: ImageFormat,
+    spec: &ImageSpec,
+    known_orientation: Option<Orientation>,
+) -> Result<(RgbImage, Orientation), Error> {
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     reader.limits(limits(spec.max_pixels));
     let mut decoder = reader.into_decoder().map_err(|e| map_error(e, format))?;
     let (width, height) = decoder.dimensions();
     check_pixels(width, height, spec.max_pixels)?;
-    let orientation = if spec.exif_orientation {
+    let orientation = match known_orientation {
+        Some(o) => o,
         // A broken EXIF block does not make the image unusable (PIL ignores it too).
-        decoder.orientation().unwrap_or(Orientation::NoTransforms)
+        None if spec.exif_orientation => decoder
+            .orientation()
+            .unwrap_or(Orientation::NoTransforms),
+        None => Orientation::NoTransforms,
+    };
+    let rgb = DynamicImage::from_decoder(decoder)
+        .map_err(|e| map_error(e, format))?
+        .into_rgb8();
+    Ok((rgb, orientation))
+}
+
+fn swaps_axes(orientation: Orientation) -> bool {
+    matches!(orientation.to_exif(), 5..=8)
+}
+
+/// The output size in the orientation the image is stored in: width and height swap when the
+/// EXIF orientation turns the image by 90 or 270 degrees (5 to 8), as `model/preprocess.py`
+/// asks Pillow's `draft` for it (the draft happens before the orientation is applied).
+pub fn stored_target(spec: &ImageSpec, orientation: Orientation) -> (u32, u32) {
+    if swaps_axes(orientation) {
+        (spec.height, spec.width)
     } else {
-        Orientation::NoTransforms
-    };
-    let turbo = match format {
-        ImageFormat::Jpeg => match turbo::decode(bytes) {
-            Ok(turbo::Decoded::Rgb(rgb)) => Some(rgb),
-            Ok(turbo::Decoded::Unsupported) => None,
-            Err(e) => {
-                return Err(Error::new(
-                    ErrorCode::CorruptImage,
-                    format!("corrupt JPG image: {e}"),
-                ));
-            }
-        },
-        _ => None,
-    };
-    let rgb = match turbo {
-        Some(rgb) => rgb,
-        None => DynamicImage::from_decoder(decoder)
-            .map_err(|e| map_error(e, format))?
-            .into_rgb8(),
-    };
-    // Orienting after the conversion moves 3 bytes per pixel instead of up to 8.
-    let mut rgb = DynamicImage::ImageRgb8(rgb);
-    rgb.apply_orientation(orientation);
-    Ok((rgb.into_rgb8(), format))
+        (spec.width, spec.height)
+    }
 }
 
 /// The decoder limits for images of at most `max_pixels` pixels.

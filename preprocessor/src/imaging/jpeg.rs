@@ -1,25 +1,42 @@
-//! JPEG truncation check. The JPEG decoder is lenient: it fills a truncated image with grey and
-//! reports success, where PIL (libjpeg) raises "image file is truncated". This walks the marker
-//! segments and entropy-coded data, without decoding, and requires the end-of-image marker.
+//! JPEG stream walk, without decoding. The JPEG decoder is lenient: it fills a truncated image
+//! with grey and reports success, where PIL (libjpeg) raises "image file is truncated". This walks
+//! the marker segments and entropy-coded data and requires the end-of-image marker; on the way
+//! it finds the EXIF block, as Pillow does (the first `APP1` segment starting `Exif\0\0`).
 
 use protocol::{Error, ErrorCode};
 
 const SOI: u8 = 0xd8;
 const EOI: u8 = 0xd9;
 const SOS: u8 = 0xda;
+const APP1: u8 = 0xe1;
 const TEM: u8 = 0x01;
+const EXIF_PREFIX: &[u8] = b"Exif\0\0";
+
+/// What [`scan`] found in a complete JPEG stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Scanned<'a> {
+    /// The TIFF structure of the first EXIF segment before the image data (after `Exif\0\0`).
+    pub exif: Option<&'a [u8]>,
+}
 
 /// `Ok` when `bytes` is a JPEG stream whose segments are all present and which reaches its
 /// end-of-image marker (anything after it is ignored, as decoders do); `corrupt_image` otherwise.
 pub fn check_complete(bytes: &[u8]) -> Result<(), Error> {
+    scan(bytes).map(|_| ())
+}
+
+/// [`check_complete`], also returning the EXIF block.
+pub fn scan(bytes: &[u8]) -> Result<Scanned<'_>, Error> {
     if bytes.get(..2) != Some(&[0xff, SOI]) {
         return Err(corrupt("no start-of-image marker"));
     }
+    let mut found = Scanned::default();
+    let mut in_header = true;
     let mut pos = 2;
     loop {
         let (marker, at) = next_marker(bytes, pos).ok_or_else(truncated)?;
         match marker {
-            EOI => return Ok(()),
+            EOI => return Ok(found),
             // Standalone markers: no length field.
             TEM | 0xd0..=0xd7 => pos = at + 2,
             _ => {
@@ -34,7 +51,11 @@ pub fn check_complete(bytes: &[u8]) -> Result<(), Error> {
                 if end > bytes.len() {
                     return Err(truncated());
                 }
+                if marker == APP1 && in_header && found.exif.is_none() {
+                    found.exif = bytes[at + 4..end].strip_prefix(EXIF_PREFIX);
+                }
                 pos = if marker == SOS {
+                    in_header = false;
                     skip_entropy_coded(bytes, end).ok_or_else(truncated)?
                 } else {
                     end
@@ -48,7 +69,8 @@ pub fn check_complete(bytes: &[u8]) -> Result<(), Error> {
 /// segments is skipped (decoders tolerate it); fill bytes (`0xff 0xff`) are skipped.
 fn next_marker(bytes: &[u8], mut pos: usize) -> Option<(u8, usize)> {
     loop {
-        let ff = pos + bytes.get(pos..)?.iter().position(|&b| b == 0xff)?;
+        // SIMD search: entropy-coded data is most of the stream, with a 0xff every few hundred bytes.
+        let ff = pos + memchr::memchr(0xff, bytes.get(pos..)?)?;
         let mut code_at = ff + 1;
         while bytes.get(code_at) == Some(&0xff) {
             code_at += 1;
@@ -112,6 +134,19 @@ mod tests {
             let err = check_complete(&full[..cut]).unwrap_err();
             assert_eq!(err.code, ErrorCode::CorruptImage, "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn the_first_exif_segment_before_the_image_data_is_found() {
+        let mut j = vec![0xff, SOI];
+        j.extend_from_slice(&[0xff, APP1, 0x00, 0x07, b'X', b'M', b'P', b'!', 0]);
+        j.extend_from_slice(&[0xff, APP1, 0x00, 0x0c]);
+        j.extend_from_slice(b"Exif\0\0II*\0");
+        j.extend_from_slice(&[0xff, APP1, 0x00, 0x0c]);
+        j.extend_from_slice(b"Exif\0\0MM\0*");
+        j.extend_from_slice(&minimal()[2..]);
+        assert_eq!(scan(&j).unwrap().exif, Some(&b"II*\0"[..]));
+        assert_eq!(scan(&minimal()).unwrap().exif, None);
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //!    known but not served (TIFF, AVIF, HEIC, ...) -> `unsupported_format`;
 //! 2. read the header only and refuse images with more than [`ImageSpec::max_pixels`] pixels
 //!    before any pixel is decoded ([`decode`]);
-//! 3. decode (first frame of an animation), convert to RGB8 (alpha dropped, grayscale, palette
-//!    and 16-bit expanded), apply the EXIF orientation;
+//! 3. decode (first frame of an animation; a JPEG at least 2, 4 or 8 times the output size in
+//!    both dimensions at 1/2, 1/4 or 1/8 of its size, as Pillow's `draft` does), convert to
+//!    RGB8 (alpha dropped, grayscale, palette and 16-bit expanded), apply the EXIF orientation;
 //! 4. stretch to exactly `width x height` with PIL-compatible antialiased bilinear convolution
 //!    ([`resize`]); the result is the raw `H*W*3` bytes, row-major, RGB interleaved (uint8 NHWC
 //!    without the batch dimension).
@@ -24,7 +25,7 @@ use image::ImageFormat;
 use protocol::Error;
 use protocol::manifest::Manifest;
 
-pub use decode::decode_rgb8;
+pub use decode::{decode_rgb8, decode_with};
 pub use resize::resize_rgb8;
 pub use sniff::sniff_format;
 
@@ -82,11 +83,12 @@ pub struct Preprocessed {
     pub data: Vec<u8>,
     /// The format the image was decoded as.
     pub format: ImageFormat,
-    /// Width and height of the decoded image, after EXIF orientation.
+    /// Width and height of the decoded image, after DCT scaling (large JPEGs) and EXIF
+    /// orientation.
     pub source_size: (u32, u32),
-    /// Sniffing, decoding, colour conversion and orientation.
+    /// Sniffing, decoding and colour conversion.
     pub decode: Duration,
-    /// Resizing.
+    /// Orientation (when the image has one) and resizing.
     pub resize: Duration,
 }
 
@@ -102,15 +104,17 @@ pub fn preprocess_image(bytes: &[u8], spec: &ImageSpec) -> Result<Vec<u8>, Error
 /// [`preprocess_image`], also reporting the format, the source size and the time of each step.
 pub fn preprocess_image_timed(bytes: &[u8], spec: &ImageSpec) -> Result<Preprocessed, Error> {
     let started = Instant::now();
-    let (rgb, format) = decode_rgb8(bytes, spec)?;
-    let source_size = rgb.dimensions();
-    let decoded = Instant::now();
-    let data = resize_rgb8(rgb, spec.width, spec.height)?;
-    Ok(Preprocessed {
-        data,
-        format,
-        source_size,
-        decode: decoded - started,
-        resize: decoded.elapsed(),
+    decode::decode_with(bytes, spec, |decoded| {
+        let decode = started.elapsed();
+        let (format, source_size) = (decoded.format, decoded.size());
+        let resize_started = Instant::now();
+        let data = decoded.into_resized(spec.width, spec.height)?;
+        Ok(Preprocessed {
+            data,
+            format,
+            source_size,
+            decode,
+            resize: resize_started.elapsed(),
+        })
     })
 }

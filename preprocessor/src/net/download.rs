@@ -138,7 +138,11 @@ impl Downloader {
                         ),
                     ));
                 }
-                url = redirect_target(&response, &url)?;
+                let location = response
+                    .headers()
+                    .get(LOCATION)
+                    .and_then(|l| l.to_str().ok());
+                url = redirect_target(&url, status, location, self.policy.allow_private_addresses)?;
                 redirects += 1;
                 continue;
             }
@@ -197,21 +201,22 @@ impl Downloader {
     }
 }
 
-/// The next URL of a redirect response, checked like the first one.
-fn redirect_target(response: &Response, url: &Url) -> Result<Url, Error> {
-    let location = response
-        .headers()
-        .get(LOCATION)
-        .and_then(|l| l.to_str().ok())
-        .ok_or_else(|| {
-            Error::new(
-                ErrorCode::OriginError,
-                format!(
-                    "origin answered {} without a usable Location for {url}",
-                    response.status()
-                ),
-            )
-        })?;
+/// The next URL of a redirect from `url` (answered `status` with the `Location` header
+/// `location`), checked like the first one: http or https, and, unless `allow_private`, not an IP
+/// literal outside the public address space. A host name in it is checked when it is resolved,
+/// as every hop's connection goes through the guarded resolver.
+pub fn redirect_target(
+    url: &Url,
+    status: StatusCode,
+    location: Option<&str>,
+    allow_private: bool,
+) -> Result<Url, Error> {
+    let location = location.ok_or_else(|| {
+        Error::new(
+            ErrorCode::OriginError,
+            format!("origin answered {status} without a usable Location for {url}"),
+        )
+    })?;
     let next = url.join(location).map_err(|e| {
         Error::new(
             ErrorCode::InvalidUrl,
@@ -219,6 +224,9 @@ fn redirect_target(response: &Response, url: &Url) -> Result<Url, Error> {
         )
     })?;
     address::check_url(&next)?;
+    if !allow_private {
+        address::check_literal_host(&next)?;
+    }
     Ok(next)
 }
 
