@@ -1,6 +1,6 @@
 //! Model throughput: loads a manifest's model and measures images/s at batch sizes 1, 2, 4, 8, 16
-//! (warm-up, then the median of N timed runs), printed as a markdown table. A benchmark, not a
-//! test: run it with a release build on the machine of interest, e.g.
+//! (warm-up, then at least N timed runs; see `common/inprocess.rs`), printed as a markdown table.
+//! A benchmark, not a test: run it with a release build on the machine of interest, e.g.
 //!
 //! ```text
 //! source scripts/deps.sh
@@ -8,8 +8,13 @@
 //!     --manifest /tmp/tiny-model/manifest.json --device cpu --runs 20
 //! ```
 
+// Shared with worker_bench, which uses all of it.
+#[allow(dead_code)]
+#[path = "common/inprocess.rs"]
+mod inprocess;
+
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 use clothesline_gpu_worker::{DeviceChoice, Model};
@@ -28,9 +33,12 @@ struct Args {
     /// fp16 (CUDA only).
     #[arg(long)]
     half: bool,
-    /// Timed runs per batch size (the median is reported).
+    /// Timed runs per batch size (at least).
     #[arg(long, default_value_t = 20)]
     runs: usize,
+    /// Timed seconds per batch size (at least).
+    #[arg(long, default_value_t = 0.0)]
+    min_seconds: f64,
     /// Untimed runs per batch size first.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
@@ -55,7 +63,7 @@ fn main() -> anyhow::Result<()> {
     }
     let model = Model::load(&manifest, device, args.half)?;
     println!(
-        "model {} {} ({}), device {device:?}, {}, {} intra-op threads, median of {} runs after {} warm-up runs\n",
+        "model {} {} ({}), device {device:?}, {}, {} intra-op threads, at least {} timed runs after {} warm-up runs\n",
         manifest.name,
         manifest.version,
         manifest.model_path().display(),
@@ -64,30 +72,14 @@ fn main() -> anyhow::Result<()> {
         args.runs,
         args.warmup,
     );
-    println!("| batch | median ms/batch | ms/image | images/s |");
-    println!("|---:|---:|---:|---:|");
+    println!("{}", inprocess::TABLE_HEADER);
+    let plan = inprocess::Plan {
+        warmup: args.warmup,
+        min_runs: args.runs,
+        min_time: Duration::from_secs_f64(args.min_seconds.max(0.0)),
+    };
     for &n in &args.batch_sizes {
-        // Different images per slot, so nothing is trivially constant.
-        let data: Vec<u8> = (0..n * model.image_len())
-            .map(|i| (i % 251) as u8)
-            .collect();
-        for _ in 0..args.warmup {
-            model.run_batch(&data, n)?;
-        }
-        let mut times: Vec<Duration> = (0..args.runs.max(1))
-            .map(|_| {
-                let t = Instant::now();
-                model.run_batch(&data, n).map(|_| t.elapsed())
-            })
-            .collect::<anyhow::Result<_>>()?;
-        times.sort();
-        let median = times[times.len() / 2].as_secs_f64();
-        println!(
-            "| {n} | {:.2} | {:.2} | {:.0} |",
-            median * 1e3,
-            median * 1e3 / n as f64,
-            n as f64 / median
-        );
+        println!("{}", inprocess::measure(&model, n, plan)?.row());
     }
     Ok(())
 }
