@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# The pipeline's figures, side by side, in one run on this machine:
+#   1. the in-process model ceiling (gpu-worker's model_bench, images/s at each batch size);
+#   2. the preprocessing ceiling per core (preprocessor's preprocess_bench, when it exists);
+#   3. the load generator's own CPU at 1000 req/s against its noop server;
+#   4. the pipeline end to end over HTTP (/predict with URLs, open loop at increasing rates until
+#      saturation, then closed loop; /v1/classify with uploads, closed loop) and over NATS
+#      (the ingress's service subject, when it answers), on a local stack started here on its own
+#      ports with the images served by the load generator on 127.0.0.1;
+# then writes the `pipeline` section of BENCHMARKS.md (tables, machine, load average, the ratio
+# pipeline throughput at saturation / in-process ceiling) and benchmarks/pipeline.png.
+#
+# Environment: BENCH_IMAGES (../shared/datasets/clothing-dataset-small/validation),
+# BENCH_RATES ("10 20 30 40 50 60 80"), BENCH_STEP_SECS (12), BENCH_WARMUP_SECS (3),
+# BENCH_CONCURRENCY (16), BENCH_NATS (1: 0 skips NATS), BENCH_KEEP (a folder for the raw results;
+# default a temp folder), DEVICE (cpu).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/deps.sh
+source scripts/deps.sh
+
+IMAGES="${BENCH_IMAGES:-../shared/datasets/clothing-dataset-small/validation}"
+RATES="${BENCH_RATES:-10 20 30 40 50 60 80}"
+STEP_SECS="${BENCH_STEP_SECS:-12}"
+WARMUP_SECS="${BENCH_WARMUP_SECS:-3}"
+CONCURRENCY="${BENCH_CONCURRENCY:-16}"
+DEVICE="${DEVICE:-cpu}"
+RESULTS="${BENCH_KEEP:-$(mktemp -d -t clothesline-bench.XXXXXX)}"
+mkdir -p "$RESULTS" benchmarks
+rm -f "$RESULTS"/*.json # a kept folder from an earlier run must not mix in its reports
+LOG_DIR="$RESULTS/logs"
+mkdir -p "$LOG_DIR"
+PY="$TORCH_VENV/bin/python"
+BIN=target/release
+LOADTEST="$BIN/clothesline-loadtest"
+
+SECONDS=0
+log() { printf '\033[1;35m[bench +%ds]\033[0m %s\n' "$SECONDS" "$*" >&2; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+json_field() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {"d": d}))' "$@"; }
+
+pids=()
+stop_all() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  pids=()
+}
+trap stop_all EXIT
+
+started=$(date +%s)
+{
+  echo "date=$(date -u +%Y-%m-%dT%H:%MZ)"
+  echo "nproc=$(nproc)"
+  echo "cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -n1)"
+  echo "mem=$(free -g | awk '/^Mem:/ {print $2 " GiB"}')"
+  echo "loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo '+changes')"
+  echo "device=$DEVICE"
+} >"$RESULTS/machine.txt"
+
+log "building (release)"
+cargo build --release --locked --workspace --bins
+
+log "1/4 in-process model ceiling (gpu-worker model_bench)"
+cargo run --release --locked -q -p clothesline-gpu-worker --example model_bench -- --device "$DEVICE" \
+  | tee "$RESULTS/model_bench.txt"
+
+log "2/4 preprocessing ceiling (preprocessor preprocess_bench)"
+if [ -f preprocessor/examples/preprocess_bench.rs ]; then
+  cargo run --release --locked -q -p clothesline-preprocessor --example preprocess_bench \
+    | tee "$RESULTS/preprocess_bench.txt" || echo "preprocess_bench failed (exit $?)" >"$RESULTS/preprocess_bench.txt"
+else
+  echo "skipped: preprocessor/examples/preprocess_bench.rs does not exist yet" | tee "$RESULTS/preprocess_bench.txt"
+fi
+
+log "3/4 load generator CPU at 1000 req/s against its noop server"
+NOOP_PORT=$(free_port)
+"$LOADTEST" serve-noop --addr "127.0.0.1:$NOOP_PORT" >"$LOG_DIR/noop.log" 2>&1 &
+pids+=($!)
+# The default (a 5 ms tick at this rate), then a wake-up for each request (--tick 1ms).
+for tick in default 1ms; do
+  tick_flag=(); [ "$tick" = default ] || tick_flag=(--tick "$tick")
+  "$LOADTEST" run --target predict --ingress "http://127.0.0.1:$NOOP_PORT" --images "$IMAGES" \
+    --rate 1000 --duration 10s --warmup 1s "${tick_flag[@]}" --no-progress --label "noop-1000-tick-$tick" \
+    --json "$RESULTS/noop-tick-$tick.json"
+done
+stop_all
+
+log "4/4 the pipeline end to end: starting the stack on its own ports"
+NATS_PORT=$(free_port); NATS_MONITOR_PORT=$(free_port)
+INGRESS_PORT=$(free_port); PREPROCESSOR_PORT=$(free_port); GPU_WORKER_PORT=$(free_port)
+export NATS_URL="nats://127.0.0.1:$NATS_PORT" RUST_LOG="${RUST_LOG:-warn}"
+NATS_STORE=$(mktemp -d -t clothesline-bench-nats.XXXXXX)
+NATS_SERVER="$(command -v nats-server || echo /usr/sbin/nats-server)"
+# max_payload (uploads) has no flag; nats/nats-server.conf also sets store_dir, which clashes with -sd.
+echo "max_payload: 8MB" >"$NATS_STORE/nats.conf"
+"$NATS_SERVER" -c "$NATS_STORE/nats.conf" -js -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR_PORT" -sd "$NATS_STORE" \
+  >"$LOG_DIR/nats.log" 2>&1 &
+pids+=($!); NATS_PID=$!
+
+wait_ready() { # name url
+  for _ in $(seq 1 900); do
+    if curl -fsS -o /dev/null "$2" 2>/dev/null; then return 0; fi
+    for pid in "${pids[@]}"; do
+      kill -0 "$pid" 2>/dev/null || { log "a process died; logs in $LOG_DIR"; tail -n 20 "$LOG_DIR"/*.log; exit 1; }
+    done
+    sleep 0.2
+  done
+  log "$1 not ready after 180 s; logs in $LOG_DIR"; exit 1
+}
+wait_ready nats-server "http://127.0.0.1:$NATS_MONITOR_PORT/healthz?js-enabled-only=true"
+"$BIN/clothesline-provision" >"$LOG_DIR/provision.log" 2>&1
+
+"$BIN/clothesline-gpu-worker" --device "$DEVICE" --http-addr "127.0.0.1:$GPU_WORKER_PORT" >"$LOG_DIR/gpu-worker.log" 2>&1 &
+pids+=($!); WORKER_PID=$!
+"$BIN/clothesline-preprocessor" --http-addr "127.0.0.1:$PREPROCESSOR_PORT" --allow-private-addresses \
+  >"$LOG_DIR/preprocessor.log" 2>&1 &
+pids+=($!); PREPROCESSOR_PID=$!
+"$BIN/clothesline-ingress" --http-addr "127.0.0.1:$INGRESS_PORT" >"$LOG_DIR/ingress.log" 2>&1 &
+pids+=($!); INGRESS_PID=$!
+wait_ready gpu-worker "http://127.0.0.1:$GPU_WORKER_PORT/readyz"
+wait_ready preprocessor "http://127.0.0.1:$PREPROCESSOR_PORT/readyz"
+wait_ready ingress "http://127.0.0.1:$INGRESS_PORT/readyz"
+log "stack ready"
+
+# CPU seconds (user + system) of the tiers and nats-server, to see where the time goes.
+tier_cpu() {
+  for pid in "$NATS_PID" "$INGRESS_PID" "$PREPROCESSOR_PID" "$WORKER_PID"; do
+    awk '{printf "%s ", ($14 + $15) / 100}' "/proc/$pid/stat"
+  done
+  echo
+}
+
+# run NAME ARGS...: one load test, its JSON in $RESULTS/NAME.json.
+run() {
+  local name=$1; shift
+  log "  $name: $*"
+  "$LOADTEST" run --ingress "http://127.0.0.1:$INGRESS_PORT" --nats-url "$NATS_URL" --images "$IMAGES" \
+    --warmup "${WARMUP_SECS}s" --timeout 35s --label "$name" --json "$RESULTS/$name.json" "$@"
+}
+
+# sweep PREFIX ARGS...: open loop at each rate until two steps in a row are saturated (fewer
+# successful answers per second than 90% of the offered rate, or over 1% errors).
+sweep() {
+  local prefix=$1; shift
+  local saturated=0
+  for rate in $RATES; do
+    run "$prefix-open-$rate" "$@" --rate "$rate" --duration "${STEP_SECS}s"
+    if [ "$(json_field "$RESULTS/$prefix-open-$rate.json" \
+      'int(d["ok_throughput_rps"] < 0.9 * d["rate"] or d["errors"] > 0.01 * max(d["completed"], 1))')" = 1 ]; then
+      saturated=$((saturated + 1))
+      [ "$saturated" -ge 2 ] && break
+    else
+      saturated=0
+    fi
+  done
+}
+
+log "HTTP /predict (URLs), open loop"
+sweep http-predict --target predict
+log "HTTP /predict (URLs), closed loop"
+before=$(tier_cpu)
+run http-predict-closed --target predict --concurrency "$CONCURRENCY" --duration "${STEP_SECS}s"
+after=$(tier_cpu)
+echo "nats ingress preprocessor gpu-worker" >"$RESULTS/tier_cpu.txt"
+echo "$before" >>"$RESULTS/tier_cpu.txt"
+echo "$after" >>"$RESULTS/tier_cpu.txt"
+log "HTTP /v1/classify (uploads), closed loop"
+run http-classify-upload-closed --target classify --upload --concurrency "$CONCURRENCY" --duration "${STEP_SECS}s"
+
+if [ "${BENCH_NATS:-1}" = 1 ]; then
+  log "NATS service subject: probing"
+  "$LOADTEST" run --target nats --nats-url "$NATS_URL" --images "$IMAGES" --requests 1 --timeout 10s \
+    --no-progress --json "$RESULTS/nats-probe.json" >/dev/null || true
+  if [ -f "$RESULTS/nats-probe.json" ] && [ "$(json_field "$RESULTS/nats-probe.json" 'd["ok"]')" = 1 ]; then
+    log "NATS (URLs), open loop"
+    sweep nats --target nats
+    log "NATS (URLs), closed loop"
+    run nats-closed --target nats --concurrency "$CONCURRENCY" --duration "${STEP_SECS}s"
+  else
+    log "the ingress does not answer on the NATS service subject; skipping NATS"
+  fi
+fi
+
+stop_all
+rm -rf "$NATS_STORE"
+echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RESULTS/machine.txt"
+echo "duration_s=$(($(date +%s) - started))" >>"$RESULTS/machine.txt"
+
+log "writing benchmarks/pipeline.png and the pipeline section of BENCHMARKS.md"
+"$PY" scripts/plot_bench.py "$RESULTS" --png benchmarks/pipeline.png --markdown "$RESULTS/section.md"
+python3 scripts/bench_section.py pipeline "$RESULTS/section.md"
+log "done in $(($(date +%s) - started)) s; raw results in $RESULTS"
