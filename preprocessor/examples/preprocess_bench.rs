@@ -77,7 +77,10 @@ fn parse_args() -> anyhow::Result<Args> {
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
-        let mut value = || it.next().ok_or_else(|| anyhow::anyhow!("{a} needs a value"));
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| anyhow::anyhow!("{a} needs a value"))
+        };
         match a.as_str() {
             "--rounds" => args.rounds = value()?.parse()?,
             "--no-write" => args.write = false,
@@ -308,7 +311,11 @@ fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     let spec = ImageSpec::new(224, 224);
     let validation = validation_files(&args.dataset.join("validation"))?;
-    anyhow::ensure!(!validation.is_empty(), "no JPEGs under {}", args.dataset.display());
+    anyhow::ensure!(
+        !validation.is_empty(),
+        "no JPEGs under {}",
+        args.dataset.display()
+    );
     let tmp = std::env::temp_dir().join(format!("preprocess-bench-{}", std::process::id()));
     let large = large_jpegs(&validation, LARGE_IMAGES, &tmp)?;
     let read = |files: &[PathBuf]| -> anyhow::Result<Vec<Vec<u8>>> {
@@ -372,7 +379,10 @@ fn main() -> anyhow::Result<()> {
         args.rounds
     );
     let labels = [
-        format!("{} validation JPEGs (about 400x533, no DCT scaling)", validation.len()),
+        format!(
+            "{} validation JPEGs (about 400x533, no DCT scaling)",
+            validation.len()
+        ),
         format!(
             "{} of them upscaled to {}x{} (DCT-scaled 1/4 while decoding)",
             large.len(),

@@ -181,15 +181,37 @@ fn redirects_to_private_addresses_are_refused() {
         "https://192.168.1.1/",
     ] {
         let err = hop(private, false).unwrap_err();
-        assert_eq!(err.code, ErrorCode::BlockedAddress, "{private}: {}", err.message);
-        assert!(hop(private, true).is_ok(), "{private} is allowed when private addresses are");
+        assert_eq!(
+            err.code,
+            ErrorCode::BlockedAddress,
+            "{private}: {}",
+            err.message
+        );
+        assert!(
+            hop(private, true).is_ok(),
+            "{private} is allowed when private addresses are"
+        );
     }
-    for scheme in ["file:///etc/passwd", "gopher://example.com/", "ftp://example.com/a"] {
-        assert_eq!(hop(scheme, false).unwrap_err().code, ErrorCode::InvalidUrl, "{scheme}");
+    for scheme in [
+        "file:///etc/passwd",
+        "gopher://example.com/",
+        "ftp://example.com/a",
+    ] {
+        assert_eq!(
+            hop(scheme, false).unwrap_err().code,
+            ErrorCode::InvalidUrl,
+            "{scheme}"
+        );
     }
     // Relative and public targets are followed.
-    assert_eq!(hop("b.jpg", false).unwrap().as_str(), "http://images.example.com/a/b.jpg");
-    assert_eq!(hop("https://8.8.8.8/x", false).unwrap().as_str(), "https://8.8.8.8/x");
+    assert_eq!(
+        hop("b.jpg", false).unwrap().as_str(),
+        "http://images.example.com/a/b.jpg"
+    );
+    assert_eq!(
+        hop("https://8.8.8.8/x", false).unwrap().as_str(),
+        "https://8.8.8.8/x"
+    );
     let err = redirect_target(&from, StatusCode::FOUND, None, false).unwrap_err();
     assert_eq!(err.code, ErrorCode::OriginError);
 }

@@ -156,7 +156,11 @@ fn png_bomb(w: u32, h: u32) -> Vec<u8> {
     ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
     let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
     chunk(&mut png, b"IHDR", &ihdr);
-    chunk(&mut png, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    chunk(
+        &mut png,
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    );
     chunk(&mut png, b"IEND", &[]);
     png
 }
@@ -249,12 +253,18 @@ async fn bad_requests_images_and_origins_get_their_codes() {
         ("numeric url", r#"{"url": 42}"#),
         ("null url", r#"{"url": null}"#),
     ] {
-        assert_error(case, &post(&stack, "/predict", json, body).await, (400, "bad_request"));
+        assert_error(
+            case,
+            &post(&stack, "/predict", json, body).await,
+            (400, "bad_request"),
+        );
         let classify = post(&stack, "/v1/classify", json, body).await;
         assert_error(case, &classify, (400, "bad_request"));
     }
     let huge_url = format!("http://example.com/{}", "a".repeat(10 << 20));
-    let huge = serde_json::json!({ "url": huge_url }).to_string().into_bytes();
+    let huge = serde_json::json!({ "url": huge_url })
+        .to_string()
+        .into_bytes();
     let answer = post_refused_body(&stack, "/predict", huge.clone()).await;
     assert_error("10 MB URL", &answer, (413, "too_large"));
     let answer = post_refused_body(&stack, "/v1/classify", huge).await;
@@ -313,10 +323,28 @@ async fn bad_requests_images_and_origins_get_their_codes() {
     let mut replies = client.subscribe("bad-inputs.replies").await.unwrap();
     let js = jetstream::new(client.clone());
     let cases: [(&str, &str, &[u8], Option<&str>, &str); 7] = [
-        ("n-json", CONTENT_TYPE_JSON, b"{\"url\": ", None, "bad_request"),
+        (
+            "n-json",
+            CONTENT_TYPE_JSON,
+            b"{\"url\": ",
+            None,
+            "bad_request",
+        ),
         ("n-missing", CONTENT_TYPE_JSON, b"{}", None, "bad_request"),
-        ("n-number", CONTENT_TYPE_JSON, b"{\"url\": 7}", None, "bad_request"),
-        ("n-text", "text/plain", b"http://a/b.jpg", None, "unsupported_media_type"),
+        (
+            "n-number",
+            CONTENT_TYPE_JSON,
+            b"{\"url\": 7}",
+            None,
+            "bad_request",
+        ),
+        (
+            "n-text",
+            "text/plain",
+            b"http://a/b.jpg",
+            None,
+            "unsupported_media_type",
+        ),
         ("n-empty", "image/jpeg", b"", None, "not_an_image"),
         (
             "n-file",
@@ -325,7 +353,13 @@ async fn bad_requests_images_and_origins_get_their_codes() {
             None,
             "invalid_url",
         ),
-        ("n-deadline", "image/jpeg", b"\xff\xd8", Some("soon"), "bad_request"),
+        (
+            "n-deadline",
+            "image/jpeg",
+            b"\xff\xd8",
+            Some("soon"),
+            "bad_request",
+        ),
     ];
     for (id, ct, payload, deadline, _) in &cases {
         let mut headers = async_nats::HeaderMap::new();

@@ -147,8 +147,10 @@ fn large_jpegs(source: &Path, dir: &Path) -> Vec<PathBuf> {
     });
     let jpeg = |img: image::DynamicImage| {
         let mut out = Vec::new();
-        img.write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90))
-            .unwrap();
+        img.write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(
+            &mut out, 90,
+        ))
+        .unwrap();
         out
     };
     let color = jpeg(image::DynamicImage::ImageRgb8(tiled.clone()));

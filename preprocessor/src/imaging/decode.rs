@@ -157,9 +157,7 @@ fn decode_generic(
     let orientation = match known_orientation {
         Some(o) => o,
         // A broken EXIF block does not make the image unusable (PIL ignores it too).
-        None if spec.exif_orientation => decoder
-            .orientation()
-            .unwrap_or(Orientation::NoTransforms),
+        None if spec.exif_orientation => decoder.orientation().unwrap_or(Orientation::NoTransforms),
         None => Orientation::NoTransforms,
     };
     let rgb = DynamicImage::from_decoder(decoder)

@@ -43,19 +43,20 @@ pub fn resize_raw(
         .map_err(|e| internal(format!("source {src_width}x{src_height}: {e}")))?;
     let mut dst = Image::new(width, height, PixelType::U8x3);
     let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
-    RESIZER.with(|cell| {
-        let mut resizer = cell.borrow_mut();
-        let resized = resizer.resize(&src, &mut dst, &options);
-        if resizer.size_of_internal_buffers() > MAX_KEPT_BUFFERS {
-            resizer.reset_internal_buffers();
-        }
-        resized
-    })
-    .map_err(|e| {
-        internal(format!(
-            "resize {src_width}x{src_height} -> {width}x{height}: {e}"
-        ))
-    })?;
+    RESIZER
+        .with(|cell| {
+            let mut resizer = cell.borrow_mut();
+            let resized = resizer.resize(&src, &mut dst, &options);
+            if resizer.size_of_internal_buffers() > MAX_KEPT_BUFFERS {
+                resizer.reset_internal_buffers();
+            }
+            resized
+        })
+        .map_err(|e| {
+            internal(format!(
+                "resize {src_width}x{src_height} -> {width}x{height}: {e}"
+            ))
+        })?;
     Ok(dst.into_vec())
 }
 

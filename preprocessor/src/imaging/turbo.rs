@@ -37,7 +37,12 @@ pub struct Pixels<'a> {
 /// target_height))` picks for a `width x height` JPEG: the largest `s` with
 /// `width / target_width >= s` and `height / target_height >= s` (integer division), so the
 /// scaled image, `ceil(width / s) x ceil(height / s)`, is never smaller than the target.
-pub fn draft_scale(width: usize, height: usize, target_width: usize, target_height: usize) -> usize {
+pub fn draft_scale(
+    width: usize,
+    height: usize,
+    target_width: usize,
+    target_height: usize,
+) -> usize {
     if target_width == 0 || target_height == 0 {
         return 1;
     }
