@@ -56,13 +56,13 @@ pub struct Args {
     /// In-process batch sizes; default 1,2,4,8,16 on CPU, 1,8,32,128,256 on CUDA.
     #[arg(long, value_delimiter = ',')]
     batch_sizes: Vec<usize>,
-    /// Rounds; default 5 on CPU, 3 on CUDA.
+    /// Rounds; default 8 on CPU, 3 on CUDA.
     #[arg(long)]
     rounds: Option<usize>,
-    /// Timed seconds per in-process batch size and round (at least); default 1.5 on CPU, 1 on CUDA.
+    /// Timed seconds per in-process batch size and round (at least); default 1.
     #[arg(long)]
     min_seconds: Option<f64>,
-    /// Tensors the worker drains per round; default 200 on CPU, 10000 on CUDA.
+    /// Tensors the worker drains per round; default 150 on CPU, 10000 on CUDA.
     #[arg(long)]
     images: Option<usize>,
     /// Keep the tensors stream in memory instead of on disk (the shipped definition: file).
@@ -117,14 +117,13 @@ fn main() -> anyhow::Result<()> {
     } else {
         vec![1, 2, 4, 8, 16]
     };
-    let default_seconds = if cuda { 1.0 } else { 1.5 };
     let plan = Plan {
         warmup: if cuda { 10 } else { 2 },
         min_runs: 3,
-        min_time: Duration::from_secs_f64(args.min_seconds.unwrap_or(default_seconds)),
+        min_time: Duration::from_secs_f64(args.min_seconds.unwrap_or(1.0)),
     };
-    let rounds = args.rounds.unwrap_or(if cuda { 3 } else { 5 }).max(1);
-    let n = args.images.unwrap_or(if cuda { 10_000 } else { 200 });
+    let rounds = args.rounds.unwrap_or(if cuda { 3 } else { 8 }).max(1);
+    let n = args.images.unwrap_or(if cuda { 10_000 } else { 150 });
     let max_batch = config.max_batch_for(cuda);
     ensure!(
         n > max_batch,
