@@ -95,29 +95,11 @@ fn parse_args() -> anyhow::Result<Args> {
     Ok(args)
 }
 
-/// CPU time this thread has run, from the scheduler (nanoseconds), else from `stat` (ticks).
-fn thread_cpu_time() -> Duration {
-    if let Ok(s) = std::fs::read_to_string("/proc/thread-self/schedstat")
-        && let Some(ns) = s.split_whitespace().next().and_then(|n| n.parse().ok())
-        && ns > 0
-    {
-        return Duration::from_nanos(ns);
-    }
-    let ticks = std::fs::read_to_string("/proc/thread-self/stat")
-        .ok()
-        .and_then(|s| {
-            let fields: Vec<u64> = s
-                .rsplit(')')
-                .next()?
-                .split_whitespace()
-                .skip(11) // utime is the 14th field, the 12th after the command
-                .take(2)
-                .filter_map(|f| f.parse().ok())
-                .collect();
-            Some(fields.iter().sum::<u64>())
-        })
-        .unwrap_or(0);
-    Duration::from_millis(ticks * 10)
+/// CPU time this thread has run, from the scheduler's accounting (nanoseconds).
+fn thread_cpu_time() -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat")?;
+    let ns = stat.split_whitespace().next().unwrap_or("").parse()?;
+    Ok(Duration::from_nanos(ns))
 }
 
 /// One set's timings: per-pass wall and CPU seconds, and for Rust the mean decode and resize.
@@ -161,13 +143,13 @@ impl Timing {
 
 /// One timed Rust pass over `images`.
 fn rust_pass(images: &[Vec<u8>], spec: &ImageSpec, t: &mut Timing) -> anyhow::Result<()> {
-    let (wall, cpu) = (Instant::now(), thread_cpu_time());
+    let (wall, cpu) = (Instant::now(), thread_cpu_time()?);
     for bytes in images {
         let p = preprocess_image_timed(bytes, spec)?;
         t.decode += p.decode;
         t.resize += p.resize;
     }
-    t.cpu.push((thread_cpu_time() - cpu).as_secs_f64());
+    t.cpu.push((thread_cpu_time()? - cpu).as_secs_f64());
     t.wall.push(wall.elapsed().as_secs_f64());
     Ok(())
 }

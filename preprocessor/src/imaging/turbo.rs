@@ -67,7 +67,12 @@ pub fn decode<R>(
         let mut slot = cell.borrow_mut();
         let decompressor = match slot.as_mut() {
             Some(d) => d,
-            None => slot.insert(Decompressor::new().map_err(corrupt)?),
+            None => slot.insert(Decompressor::new().map_err(|e| {
+                Error::new(
+                    ErrorCode::Internal,
+                    format!("cannot start the JPEG decoder: {e}"),
+                )
+            })?),
         };
         let header = match decompressor.read_header(bytes) {
             Ok(h) => h,
