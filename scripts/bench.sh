@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The pipeline's figures, side by side, in one run on this machine:
-#   1. the in-process model ceiling (gpu-worker's model_bench, images/s at each batch size);
+#   1. the in-process model ceiling (gpu-worker's model_bench, images/s at batch sizes 1-8),
+#      before and after the pipeline runs (the ratio uses their mean: the machine is shared);
 #   2. the preprocessing ceiling per core (preprocessor's preprocess_bench, when it exists);
 #   3. the load generator's own CPU at 1000 req/s against its noop server;
 #   4. the pipeline end to end over HTTP (/predict with URLs, open loop at increasing rates until
@@ -61,14 +62,26 @@ started=$(date +%s)
 log "building (release)"
 cargo build --release --locked --workspace --bins
 
-log "1/4 in-process model ceiling (gpu-worker model_bench)"
-cargo run --release --locked -q -p clothesline-gpu-worker --example model_bench -- --device "$DEVICE" \
-  | tee "$RESULTS/model_bench.txt"
+# model_bench OUT: the model's images/s in process at the batch sizes the CPU worker uses (max 4)
+# and one above; plain flags if the example no longer takes these.
+model_bench() {
+  cargo run --release --locked -q -p clothesline-gpu-worker --example model_bench -- --device "$DEVICE" \
+    --batch-sizes 1,2,4,8 --runs 10 >"$1" 2>"$1.err" \
+    || cargo run --release --locked -q -p clothesline-gpu-worker --example model_bench -- --device "$DEVICE" >"$1"
+  cat "$1"
+}
+
+log "1/4 in-process model ceiling (gpu-worker model_bench; again after the pipeline runs)"
+model_bench "$RESULTS/model_bench.txt"
 
 log "2/4 preprocessing ceiling (preprocessor preprocess_bench)"
 if [ -f preprocessor/examples/preprocess_bench.rs ]; then
-  cargo run --release --locked -q -p clothesline-preprocessor --example preprocess_bench \
-    | tee "$RESULTS/preprocess_bench.txt" || echo "preprocess_bench failed (exit $?)" >"$RESULTS/preprocess_bench.txt"
+  # --no-write: its own section of BENCHMARKS.md is its own run's to write.
+  { cargo run --release --locked -q -p clothesline-preprocessor --example preprocess_bench -- --rounds 3 --no-write \
+      || cargo run --release --locked -q -p clothesline-preprocessor --example preprocess_bench; } \
+    >"$RESULTS/preprocess_bench.txt" 2>"$LOG_DIR/preprocess_bench.err" \
+    || echo "preprocess_bench failed; see $LOG_DIR/preprocess_bench.err" >"$RESULTS/preprocess_bench.txt"
+  cat "$RESULTS/preprocess_bench.txt"
 else
   echo "skipped: preprocessor/examples/preprocess_bench.rs does not exist yet" | tee "$RESULTS/preprocess_bench.txt"
 fi
@@ -92,7 +105,7 @@ INGRESS_PORT=$(free_port); PREPROCESSOR_PORT=$(free_port); GPU_WORKER_PORT=$(fre
 export NATS_URL="nats://127.0.0.1:$NATS_PORT" RUST_LOG="${RUST_LOG:-warn}"
 NATS_STORE=$(mktemp -d -t clothesline-bench-nats.XXXXXX)
 NATS_SERVER="$(command -v nats-server || echo /usr/sbin/nats-server)"
-# max_payload (uploads) has no flag; nats/nats-server.conf also sets store_dir, which clashes with -sd.
+# A one-line config, as the test harness does: max_payload (uploads need 8 MB) has no flag.
 echo "max_payload: 8MB" >"$NATS_STORE/nats.conf"
 "$NATS_SERVER" -c "$NATS_STORE/nats.conf" -js -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR_PORT" -sd "$NATS_STORE" \
   >"$LOG_DIR/nats.log" 2>&1 &
@@ -184,6 +197,8 @@ fi
 
 stop_all
 rm -rf "$NATS_STORE"
+log "in-process model ceiling again, to bracket the pipeline runs"
+model_bench "$RESULTS/model_bench_after.txt"
 echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RESULTS/machine.txt"
 echo "duration_s=$(($(date +%s) - started))" >>"$RESULTS/machine.txt"
 

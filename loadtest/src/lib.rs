@@ -54,7 +54,8 @@ pub async fn load_test(args: cli::RunArgs) -> anyhow::Result<report::Report> {
     drop(server);
 
     let recorder = shared.recorder();
-    let report = report::Report::new(&args, &plan, &set, &recorder, window, cpu);
+    let mut report = report::Report::new(&args, &plan, &set, &recorder, window, cpu);
+    report.answered_all = shared.done.load(std::sync::atomic::Ordering::Relaxed);
     print!("{}", report.render_text());
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report)?;

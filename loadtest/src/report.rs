@@ -33,6 +33,8 @@ pub struct Report {
     pub completed: u64,
     pub ok: u64,
     pub errors: u64,
+    /// Answers of the whole run, the warm-up's included (to relate a server's CPU time to).
+    pub answered_all: u64,
     /// Counted answers per second over the window, and successful ones.
     pub throughput_rps: f64,
     pub ok_throughput_rps: f64,
@@ -105,6 +107,7 @@ impl Report {
             completed: r.completed,
             ok: r.ok,
             errors: r.completed - r.ok,
+            answered_all: r.completed,
             throughput_rps: per_second(r.completed, length),
             ok_throughput_rps: per_second(r.ok, length),
             statuses: r.statuses.iter().map(|(s, n)| (s.key(), *n)).collect(),

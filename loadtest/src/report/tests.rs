@@ -105,6 +105,7 @@ fn json_has_every_field_and_reads_back() {
         "completed",
         "ok",
         "errors",
+        "answered_all",
         "throughput_rps",
         "ok_throughput_rps",
         "statuses",
