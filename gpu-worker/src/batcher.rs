@@ -11,6 +11,7 @@ use anyhow::bail;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt;
+use protocol::cancel::CancelSet;
 use protocol::manifest::InputSpec;
 use protocol::messages::ModelRef;
 use protocol::meta::now_ms;
@@ -42,6 +43,16 @@ struct Shared {
     responder: Responder,
     metrics: Metrics,
     ack_wait: Duration,
+    /// Ids whose callers went away; `None` when cancellations are ignored.
+    cancelled: Option<CancelSet>,
+}
+
+impl Shared {
+    fn is_cancelled(&self, meta: &RequestMeta) -> bool {
+        self.cancelled
+            .as_ref()
+            .is_some_and(|set| set.contains(&meta.request_id))
+    }
 }
 
 pub struct Batcher {
@@ -68,11 +79,21 @@ impl Batcher {
                 responder,
                 metrics,
                 ack_wait,
+                cancelled: None,
             }),
             model,
             input,
             gather: Gatherer::new(max_batch, max_delay),
         }
+    }
+
+    /// Skips the items whose ids `set` holds (checked when pulled and again when their batch
+    /// starts). Call before [`Batcher::run`].
+    pub fn with_cancellations(mut self, set: CancelSet) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.cancelled = Some(set);
+        }
+        self
     }
 
     /// Runs until `shutdown`; then stops pulling, runs what it holds, and returns once the last
@@ -195,6 +216,10 @@ impl Batcher {
             responder.expire(&msg, &meta).await;
             return;
         }
+        if self.shared.is_cancelled(&meta) {
+            responder.cancel(&msg, &meta).await;
+            return;
+        }
         let tensor = match TensorMessage::decode(&msg.payload)
             .and_then(|t| t.check(&self.model, &self.input).map(|()| t))
         {
@@ -231,7 +256,7 @@ impl Batcher {
     }
 }
 
-/// A batch task: drops the items that expired while queued, runs the rest, answers and acks
+/// A batch task: drops the items that expired or were cancelled while queued, runs the rest, answers and acks
 /// each. Only a vanished engine is an error (the items are nak'ed then).
 async fn run_batch(shared: Arc<Shared>, batch: Vec<(Item, Instant)>) -> Result<(), EngineError> {
     let now = now_ms();
@@ -239,6 +264,8 @@ async fn run_batch(shared: Arc<Shared>, batch: Vec<(Item, Instant)>) -> Result<(
     for (item, _) in batch {
         if item.meta.expired_at(now) {
             shared.responder.expire(&item.msg, &item.meta).await;
+        } else if shared.is_cancelled(&item.meta) {
+            shared.responder.cancel(&item.msg, &item.meta).await;
         } else {
             items.push(item);
         }

@@ -104,6 +104,11 @@ pub struct Config {
     /// On shutdown, how long to wait for the batches in flight, in milliseconds.
     #[arg(long, env = "GPU_WORKER_SHUTDOWN_GRACE_MS", default_value_t = 20_000)]
     pub shutdown_grace_ms: u64,
+    /// Skip tensors whose caller went away (ids published on clothesline.cancel); `false` runs
+    /// them anyway, e.g. to measure what cancellation saves.
+    #[arg(long, env = "GPU_WORKER_HONOR_CANCELLATIONS", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub honor_cancellations: bool,
 }
 
 /// The number of cores, at least 1.

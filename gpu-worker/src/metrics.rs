@@ -31,6 +31,10 @@ pub struct Metrics {
     pub expired: IntCounter,
     /// CUDA memory used by this process; stays 0 on CPU (and where it cannot be read).
     pub cuda_memory: IntGauge,
+    /// Items dropped unanswered because their caller cancelled them.
+    pub cancelled: IntCounter,
+    /// Cancelled request ids received on `clothesline.cancel`.
+    pub cancellations_received: IntCounter,
 }
 
 impl Metrics {
@@ -79,12 +83,22 @@ impl Metrics {
                 "CUDA memory used by this process (0 on CPU).",
             )
             .expect("valid gauge"),
+            cancelled: IntCounter::new(
+                "gpu_worker_cancelled_total",
+                "Items dropped unanswered, before running, because their caller went away.",
+            )
+            .expect("valid counter"),
+            cancellations_received: IntCounter::new(
+                "gpu_worker_cancellations_received_total",
+                "Cancelled request ids received on clothesline.cancel.",
+            )
+            .expect("valid counter"),
             registry,
         };
         for code in ERROR_CODES {
             m.errors.with_label_values(&[code.as_str()]);
         }
-        let collectors: [Box<dyn prometheus::core::Collector>; 7] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 9] = [
             Box::new(m.batch_size.clone()),
             Box::new(m.queue_wait.clone()),
             Box::new(m.inference.clone()),
@@ -92,6 +106,8 @@ impl Metrics {
             Box::new(m.errors.clone()),
             Box::new(m.expired.clone()),
             Box::new(m.cuda_memory.clone()),
+            Box::new(m.cancelled.clone()),
+            Box::new(m.cancellations_received.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");
@@ -126,6 +142,8 @@ mod tests {
             "gpu_worker_inference_seconds",
             "gpu_worker_items_total",
             "gpu_worker_expired_total",
+            "gpu_worker_cancelled_total",
+            "gpu_worker_cancellations_received_total",
             "gpu_worker_cuda_memory_bytes",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");

@@ -112,6 +112,13 @@ impl Responder {
         );
         self.fail(msg, meta, error, AckKind::Ack).await;
     }
+
+    /// Drops an item its caller cancelled: counts it and acks it, with no reply (nobody waits).
+    pub async fn cancel(&self, msg: &Message, meta: &RequestMeta) {
+        tracing::debug!(request_id = %meta.request_id, "cancelled by its caller; skipped");
+        self.metrics.cancelled.inc();
+        ack(msg, meta, AckKind::Ack).await;
+    }
 }
 
 /// Acks (or naks, terms, ...) a message, logging a failure: the server redelivers it then.

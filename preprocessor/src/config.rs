@@ -66,6 +66,11 @@ pub struct Config {
     /// On shutdown, how long to wait for requests in flight, in milliseconds.
     #[arg(long, env = "PREPROCESSOR_SHUTDOWN_GRACE_MS", default_value_t = 20_000)]
     pub shutdown_grace_ms: u64,
+    /// Skip requests whose caller went away (ids published on clothesline.cancel); `false`
+    /// processes them anyway, e.g. to measure what cancellation saves.
+    #[arg(long, env = "PREPROCESSOR_HONOR_CANCELLATIONS", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub honor_cancellations: bool,
 }
 
 /// The number of cores, at least 1.

@@ -11,6 +11,8 @@ pub mod outcome {
     pub const ERROR: &str = "error";
     /// Failed transiently: request handed back for redelivery.
     pub const RETRY: &str = "retry";
+    /// Its caller went away: acked without work or reply.
+    pub const CANCELLED: &str = "cancelled";
 }
 
 #[derive(Clone)]
@@ -23,6 +25,8 @@ pub struct Metrics {
     pub resize_seconds: Histogram,
     pub downloaded_bytes: IntCounter,
     pub inflight: IntGauge,
+    /// Cancelled request ids received on `clothesline.cancel`.
+    pub cancellations_received: IntCounter,
 }
 
 impl Metrics {
@@ -31,7 +35,7 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "preprocessor_requests_total",
-                "Requests handled, by outcome (ok, error, retry).",
+                "Requests handled, by outcome (ok, error, retry, cancelled).",
             ),
             &["outcome"],
         )?;
@@ -66,6 +70,10 @@ impl Metrics {
             "Bytes of image bodies downloaded.",
         )?;
         let inflight = IntGauge::new("preprocessor_inflight", "Requests being handled now.")?;
+        let cancellations_received = IntCounter::new(
+            "preprocessor_cancellations_received_total",
+            "Cancelled request ids received on clothesline.cancel.",
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(download_seconds.clone()))?;
@@ -73,7 +81,13 @@ impl Metrics {
         registry.register(Box::new(resize_seconds.clone()))?;
         registry.register(Box::new(downloaded_bytes.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
-        for o in [outcome::OK, outcome::ERROR, outcome::RETRY] {
+        registry.register(Box::new(cancellations_received.clone()))?;
+        for o in [
+            outcome::OK,
+            outcome::ERROR,
+            outcome::RETRY,
+            outcome::CANCELLED,
+        ] {
             requests.with_label_values(&[o]);
         }
         Ok(Self {
@@ -85,6 +99,7 @@ impl Metrics {
             resize_seconds,
             downloaded_bytes,
             inflight,
+            cancellations_received,
         })
     }
 
@@ -123,6 +138,8 @@ mod tests {
             "preprocessor_resize_seconds_count 0",
             "preprocessor_downloaded_bytes_total 10",
             "preprocessor_inflight 1",
+            "preprocessor_requests_total{outcome=\"cancelled\"} 0",
+            "preprocessor_cancellations_received_total 0",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

@@ -1,6 +1,7 @@
-//! A request's payload -> the tensor message, without NATS: deadline check, payload parsing,
-//! download (for a URL), then decode and resize on the blocking pool, at most `cpu-threads` at
-//! once.
+//! A request's payload -> the tensor message, without NATS, in two steps so the caller can look
+//! in between (e.g. whether the request was cancelled during its download): [`Pipeline::fetch`]
+//! (deadline check, payload parsing, download for a URL), then [`Pipeline::finish`] (decode and
+//! resize on the blocking pool, at most `cpu-threads` at once).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +37,14 @@ pub struct Arrival {
     pub queue_ms: Option<f64>,
 }
 
+/// The encoded image of a request, fetched.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub image: Bytes,
+    /// Time spent downloading it (none when the request carried the image).
+    pub download_ms: Option<f64>,
+}
+
 impl Pipeline {
     /// `cpu_threads` bounds the decodes running at once.
     pub fn new(
@@ -60,8 +69,7 @@ impl Pipeline {
         &self.spec
     }
 
-    /// The tensor for one request: `content_type` and `payload` as the request message carries
-    /// them; `meta`'s deadline is checked before and after the download and caps it.
+    /// The tensor for one request: [`Pipeline::fetch`] then [`Pipeline::finish`].
     pub async fn tensor(
         &self,
         meta: &RequestMeta,
@@ -69,6 +77,18 @@ impl Pipeline {
         payload: Bytes,
         arrival: Arrival,
     ) -> Result<TensorMessage, Error> {
+        let fetched = self.fetch(meta, content_type, payload).await?;
+        self.finish(fetched, arrival).await
+    }
+
+    /// The encoded image of one request: `content_type` and `payload` as the request message
+    /// carries them; `meta`'s deadline is checked before and after the download and caps it.
+    pub async fn fetch(
+        &self,
+        meta: &RequestMeta,
+        content_type: Option<&str>,
+        payload: Bytes,
+    ) -> Result<Fetched, Error> {
         check_deadline(meta, "before preprocessing")?;
         let (image, download_ms) = match RequestPayload::parse(content_type, payload)? {
             RequestPayload::Image { bytes, .. } => (bytes, None),
@@ -89,6 +109,12 @@ impl Pipeline {
             }
         };
         check_deadline(meta, "after downloading")?;
+        Ok(Fetched { image, download_ms })
+    }
+
+    /// Decodes and resizes a fetched image into the tensor message.
+    pub async fn finish(&self, fetched: Fetched, arrival: Arrival) -> Result<TensorMessage, Error> {
+        let Fetched { image, download_ms } = fetched;
         let pre = self.preprocess(image).await?;
         self.metrics
             .decode_seconds

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::{self, AckKind};
+use protocol::cancel::CancelSet;
 use protocol::meta::{content_type, now_ms};
 use protocol::names::*;
 use protocol::{Error, ErrorCode, Reply, RequestMeta, TensorMessage};
@@ -25,6 +26,17 @@ pub struct Settler {
     pub retry_delay: Duration,
     /// The consumer's `max_deliver`; 0 or less means unlimited.
     pub max_deliver: i64,
+    /// Ids whose callers went away; `None` when cancellations are ignored.
+    pub cancelled: Option<CancelSet>,
+}
+
+/// How a request that did not fail ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Done {
+    /// The tensor is in the tensors stream.
+    Published,
+    /// Its caller went away; skipped at the step named.
+    Cancelled(&'static str),
 }
 
 /// What to do with a request that failed.
@@ -147,19 +159,17 @@ impl Settler {
         };
         let result = match meta_error {
             Some(error) => Err(error),
-            None => {
-                let ct = content_type(msg.headers.as_ref());
-                match pipeline
-                    .tensor(&meta, ct.as_deref(), msg.payload.clone(), arrival)
-                    .await
-                {
-                    Ok(tensor) => self.publish_tensor(&meta, &tensor).await,
-                    Err(error) => Err(error),
-                }
-            }
+            None => self.work(pipeline, &msg, &meta, arrival).await,
         };
         match result {
-            Ok(()) => {
+            Ok(Done::Cancelled(when)) => {
+                self.metrics.outcome(outcome::CANCELLED);
+                tracing::debug!(request_id = %meta.request_id, when, "cancelled by its caller; skipped");
+                if let Err(e) = msg.ack().await {
+                    tracing::warn!(request_id = %meta.request_id, error = %e, "cannot ack request");
+                }
+            }
+            Ok(Done::Published) => {
                 self.metrics.outcome(outcome::OK);
                 tracing::debug!(request_id = %meta.request_id, "tensor published");
                 if let Err(e) = msg.double_ack().await {
@@ -169,6 +179,36 @@ impl Settler {
             }
             Err(error) => self.settle_error(&msg, &meta, delivery, error).await,
         }
+    }
+
+    /// Fetches, preprocesses and publishes, unless the request is (or gets, while it downloads)
+    /// cancelled.
+    async fn work(
+        &self,
+        pipeline: &Pipeline,
+        msg: &jetstream::Message,
+        meta: &RequestMeta,
+        arrival: Arrival,
+    ) -> Result<Done, Error> {
+        if self.is_cancelled(meta) {
+            return Ok(Done::Cancelled("before preprocessing"));
+        }
+        let ct = content_type(msg.headers.as_ref());
+        let fetched = pipeline
+            .fetch(meta, ct.as_deref(), msg.payload.clone())
+            .await?;
+        if self.is_cancelled(meta) {
+            return Ok(Done::Cancelled("before decoding"));
+        }
+        let tensor = pipeline.finish(fetched, arrival).await?;
+        self.publish_tensor(meta, &tensor).await?;
+        Ok(Done::Published)
+    }
+
+    fn is_cancelled(&self, meta: &RequestMeta) -> bool {
+        self.cancelled
+            .as_ref()
+            .is_some_and(|set| set.contains(&meta.request_id))
     }
 
     /// Publishes the tensor to the tensors stream and waits for the PubAck; see

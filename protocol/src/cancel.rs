@@ -59,22 +59,37 @@ impl CancelSet {
         self.len() == 0
     }
 
-    /// Subscribes to `clothesline.cancel` and fills the set until the subscription ends.
+    /// Subscribes to `clothesline.cancel` and fills the set until the subscription ends (the
+    /// client reconnects and resubscribes by itself). `received` counts each id taken in; the
+    /// subscription is registered with the server (flushed) before this returns, so a
+    /// cancellation published after it is seen.
     pub async fn listen(
         &self,
         client: &async_nats::Client,
-    ) -> Result<tokio::task::JoinHandle<()>, async_nats::SubscribeError> {
+        received: prometheus::IntCounter,
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
         let mut sub = client.subscribe(CANCEL_SUBJECT).await?;
+        client.flush().await?;
         let set = self.clone();
         Ok(tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
                 match std::str::from_utf8(&msg.payload) {
-                    Ok(id) if !id.is_empty() && id.len() <= 256 => set.insert(id),
+                    Ok(id) if is_plausible_id(id) => {
+                        set.insert(id);
+                        received.inc();
+                    }
                     _ => tracing::debug!("ignored a malformed cancellation"),
                 }
             }
         }))
     }
+}
+
+/// Default capacity of a tier's set: ids cancelled within the last minutes at a high rate.
+pub const DEFAULT_CAPACITY: usize = 65_536;
+
+fn is_plausible_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 256 && !id.contains(char::is_control)
 }
 
 #[cfg(test)]

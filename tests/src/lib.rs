@@ -5,6 +5,7 @@
 
 pub mod files;
 pub mod nats;
+pub mod origin;
 pub mod paths;
 pub mod stack;
 
