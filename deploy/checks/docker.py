@@ -187,6 +187,10 @@ def check_images(report: Report, contract: Contract | None) -> None:
     report.add("the image scripts handle every tier", problems)
 
 
+# The users of nats/auth.conf, as their password variables spell them.
+NATS_ROLES = ("INGRESS", "PREPROCESSOR", "GPU_WORKER", "PROVISION", "PUBLIC", "BULK")
+
+
 def check_nats_configs(report: Report, rendered: dict[str, list[dict]]) -> None:
     """`nats-server -t` (parse and check, unknown fields refused) on every NATS config."""
     configs = {"nats/nats-server.conf": (ROOT / "nats/nats-server.conf").read_text()}
@@ -198,5 +202,8 @@ def check_nats_configs(report: Report, rendered: dict[str, list[dict]]) -> None:
         for name, text in configs.items():
             path = Path(tmp) / "nats.conf"
             path.write_text(text)
-            out = run([server, "-t", "-c", str(path)], env={**os.environ, "POD_NAME": "nats-0"})
+            # The per-role passwords come from the environment (Secret nats-users): placeholders.
+            passwords = {f"NATS_PASSWORD_{role}": "check" for role in NATS_ROLES}
+            env = {**os.environ, "POD_NAME": "nats-0", **passwords}
+            out = run([server, "-t", "-c", str(path)], env=env)
             report.add(f"nats-server -t accepts {name}", [] if out.returncode == 0 else [out.stderr.strip()])

@@ -31,6 +31,15 @@ pub struct NatsArgs {
     /// NATS password.
     #[arg(long = "nats-password", env = "NATS_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
+    /// Prefix of this connection's reply inboxes (PubAcks, JetStream API answers). With per-role
+    /// NATS users each role has its own (`_INBOX_<role>`, see nats/auth.conf), so no role can
+    /// read another's replies.
+    #[arg(
+        long = "nats-inbox-prefix",
+        env = "NATS_INBOX_PREFIX",
+        default_value = "_INBOX"
+    )]
+    pub inbox_prefix: String,
 }
 
 impl NatsArgs {
@@ -40,6 +49,7 @@ impl NatsArgs {
             creds: None,
             user: None,
             password: None,
+            inbox_prefix: "_INBOX".into(),
         }
     }
 
@@ -50,6 +60,7 @@ impl NatsArgs {
             .name(name)
             .retry_on_initial_connect()
             .max_reconnects(None)
+            .custom_inbox_prefix(&self.inbox_prefix)
             .event_callback(|event| async move { tracing::info!(%event, "nats connection event") });
         if let Some(creds) = &self.creds {
             opts = opts.credentials_file(creds).await?;

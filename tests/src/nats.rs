@@ -1,36 +1,135 @@
-//! A real nats-server with JetStream on free ports in a temp dir, killed on drop.
+//! A real nats-server with JetStream on free ports in a temp dir, killed on drop. Without users
+//! ([`NatsServer::start`]) or with the per-role users of `nats/auth.conf`
+//! ([`NatsServer::start_with_auth`]).
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::{free_port, paths, wait_until};
+
+/// The roles of `nats/auth.conf`: user name, and the variable its password is read from.
+pub const ROLES: [(&str, &str); 6] = [
+    ("ingress", "NATS_PASSWORD_INGRESS"),
+    ("preprocessor", "NATS_PASSWORD_PREPROCESSOR"),
+    ("gpu-worker", "NATS_PASSWORD_GPU_WORKER"),
+    ("provision", "NATS_PASSWORD_PROVISION"),
+    ("public", "NATS_PASSWORD_PUBLIC"),
+    ("bulk", "NATS_PASSWORD_BULK"),
+];
+
+/// What a server starts with besides the defaults: config files included after
+/// `max_payload: 8MB` (copied beside the generated config, since nats-server resolves includes
+/// relative to it) and variables set in its environment (e.g. the `$VAR`s those files read).
+#[derive(Debug, Clone, Default)]
+pub struct ServerConfig {
+    pub includes: Vec<PathBuf>,
+    pub env: Vec<(String, String)>,
+}
+
+impl ServerConfig {
+    /// `nats/auth.conf` with a test password per role ([`NatsServer::password`]).
+    pub fn auth() -> Self {
+        Self {
+            includes: vec![paths::repo_root().join("nats/auth.conf")],
+            env: ROLES
+                .iter()
+                .map(|(user, var)| (var.to_string(), NatsServer::password(user)))
+                .collect(),
+        }
+    }
+}
 
 pub struct NatsServer {
     pub port: u16,
     pub monitor_port: u16,
     pub store: tempfile::TempDir,
     child: Option<Child>,
+    config: ServerConfig,
+    /// Whether the server runs with the users of `nats/auth.conf`.
+    auth: bool,
 }
 
 impl NatsServer {
     /// Starts a server and waits until JetStream is up.
     pub async fn start() -> Self {
-        let store = tempfile::tempdir().unwrap();
-        let mut server = Self {
-            port: free_port(),
-            monitor_port: free_port(),
-            store,
-            child: None,
-        };
+        Self::start_with(ServerConfig::default()).await
+    }
+
+    /// Starts a server with the per-role users of `nats/auth.conf` (passwords from
+    /// [`NatsServer::password`]); [`NatsServer::client`] then connects as `provision`.
+    pub async fn start_with_auth() -> Self {
+        let mut server = Self::new(ServerConfig::auth());
+        server.auth = true;
         server.spawn().await;
         server
+    }
+
+    /// Starts a server with extra config files and environment, and waits until JetStream is up.
+    pub async fn start_with(config: ServerConfig) -> Self {
+        let mut server = Self::new(config);
+        server.spawn().await;
+        server
+    }
+
+    fn new(config: ServerConfig) -> Self {
+        Self {
+            port: free_port(),
+            monitor_port: free_port(),
+            store: tempfile::tempdir().unwrap(),
+            child: None,
+            config,
+            auth: false,
+        }
+    }
+
+    /// The test password of a role of `nats/auth.conf`.
+    pub fn password(user: &str) -> String {
+        format!("test-password-{user}")
+    }
+
+    /// The inbox prefix a role of `nats/auth.conf` may subscribe to (`NATS_INBOX_PREFIX`).
+    pub fn inbox_prefix(user: &str) -> String {
+        match user {
+            "public" => "_INBOX".into(),
+            _ => format!("_INBOX_{user}"),
+        }
+    }
+
+    /// The environment a tier needs to connect as `user`: `NATS_USER`, `NATS_PASSWORD`,
+    /// `NATS_INBOX_PREFIX`.
+    pub fn tier_env(user: &str) -> Vec<(String, String)> {
+        vec![
+            ("NATS_USER".into(), user.into()),
+            ("NATS_PASSWORD".into(), Self::password(user)),
+            ("NATS_INBOX_PREFIX".into(), Self::inbox_prefix(user)),
+        ]
+    }
+
+    /// Connect options for `user` (its password and inbox prefix), to add to before connecting.
+    pub fn options_as(user: &str) -> async_nats::ConnectOptions {
+        async_nats::ConnectOptions::with_user_and_password(user.into(), Self::password(user))
+            .custom_inbox_prefix(Self::inbox_prefix(user))
+    }
+
+    /// A client connected as `user` of `nats/auth.conf` (a server from [`Self::start_with_auth`]).
+    pub async fn client_as(&self, user: &str) -> async_nats::Client {
+        Self::options_as(user).connect(self.url()).await.unwrap()
     }
 
     async fn spawn(&mut self) {
         // max_payload has no command-line flag: a one-line config file carries it.
         let conf = self.store.path().join("nats.conf");
-        std::fs::write(&conf, "max_payload: 8MB\n").unwrap();
+        let mut text = String::from("max_payload: 8MB\n");
+        for (i, include) in self.config.includes.iter().enumerate() {
+            let name = format!("include-{i}.conf");
+            std::fs::copy(include, self.store.path().join(&name))
+                .unwrap_or_else(|e| panic!("copy {}: {e}", include.display()));
+            text.push_str(&format!("include ./{name}\n"));
+        }
+        std::fs::write(&conf, text).unwrap();
         let child = Command::new(paths::nats_server())
+            .envs(self.config.env.iter().map(|(k, v)| (k, v)))
             .arg("-c")
             .arg(&conf)
             .args([
@@ -70,7 +169,12 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// A client; on a server with users ([`Self::start_with_auth`]) it connects as `provision`,
+    /// the role that may create the streams.
     pub async fn client(&self) -> async_nats::Client {
+        if self.auth {
+            return self.client_as("provision").await;
+        }
         async_nats::connect(self.url()).await.unwrap()
     }
 

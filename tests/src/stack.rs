@@ -22,6 +22,9 @@ pub struct StackOptions {
     pub ingress_args: Vec<String>,
     pub preprocessor_args: Vec<String>,
     pub worker_args: Vec<String>,
+    /// Run NATS with the per-role users of `nats/auth.conf` (least privilege): the streams are
+    /// provisioned as `provision`, each tier connects as its own user with its own inbox prefix.
+    pub nats_auth: bool,
 }
 
 impl Default for StackOptions {
@@ -33,6 +36,7 @@ impl Default for StackOptions {
             ingress_args: vec![],
             preprocessor_args: vec![],
             worker_args: vec![],
+            nats_auth: false,
         }
     }
 }
@@ -70,11 +74,28 @@ pub struct Stack {
     pub http: reqwest::Client,
 }
 
-fn spawn(name: &str, bin: &str, port: u16, nats_url: &str, args: &[String]) -> Tier {
+/// The environment that makes a tier connect as `user`, with per-role users; none without.
+fn nats_env(auth: bool, user: &str) -> Vec<(String, String)> {
+    if auth {
+        NatsServer::tier_env(user)
+    } else {
+        vec![]
+    }
+}
+
+fn spawn(
+    name: &str,
+    bin: &str,
+    port: u16,
+    nats_url: &str,
+    env: &[(String, String)],
+    args: &[String],
+) -> Tier {
     let log = std::env::var("CLOTHESLINE_TEST_LOG").unwrap_or_else(|_| "warn".into());
     let child = Command::new(paths::bin(bin))
         .current_dir(paths::repo_root())
         .env("NATS_URL", nats_url)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("RUST_LOG", log)
         .args(args)
         .stdout(Stdio::null())
@@ -114,7 +135,11 @@ async fn wait_ready(http: &reqwest::Client, tier: &Tier) {
 
 impl Stack {
     pub async fn start(opts: StackOptions) -> Self {
-        let nats = NatsServer::start().await;
+        let nats = if opts.nats_auth {
+            NatsServer::start_with_auth().await
+        } else {
+            NatsServer::start().await
+        };
         let js = async_nats::jetstream::new(nats.client().await);
         provision(&js, &Topology::builtin()).await.unwrap();
         let manifest = opts.manifest.display().to_string();
@@ -135,6 +160,7 @@ impl Stack {
             "clothesline-gpu-worker",
             worker_port,
             &url,
+            &nats_env(opts.nats_auth, "gpu-worker"),
             &worker_args,
         );
 
@@ -156,6 +182,7 @@ impl Stack {
                     "clothesline-preprocessor",
                     port,
                     &url,
+                    &nats_env(opts.nats_auth, "preprocessor"),
                     &args,
                 )
             })
@@ -169,6 +196,7 @@ impl Stack {
             "clothesline-ingress",
             ingress_port,
             &url,
+            &nats_env(opts.nats_auth, "ingress"),
             &ingress_args,
         );
 
