@@ -61,6 +61,12 @@ pub struct RunArgs {
     /// NATS server (nats target).
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
+    /// NATS user (nats target), e.g. `public` on a server with the per-role users.
+    #[arg(long, requires = "nats_password")]
+    pub nats_user: Option<String>,
+    /// Its password.
+    #[arg(long, requires = "nats_user")]
+    pub nats_password: Option<String>,
     /// Service subject of the ingress (nats target).
     #[arg(long, default_value = "clothesline.classify")]
     pub subject: String,
@@ -97,6 +103,10 @@ pub struct RunArgs {
     /// Give up on a request after this long (counted as `timeout`).
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     pub timeout: Duration,
+    /// Ask the ingress for this deadline (`X-Request-Timeout-Ms` over HTTP,
+    /// `Clothesline-Timeout-Ms` over NATS) instead of its default.
+    #[arg(long, value_parser = parse_duration)]
+    pub deadline: Option<Duration>,
     /// Write the report as JSON to this file too.
     #[arg(long)]
     pub json: Option<PathBuf>,

@@ -113,9 +113,14 @@ pub struct Target {
     transport: Transport,
     requests: Vec<Prepared>,
     classes: Vec<String>,
+    /// The deadline asked for, in ms, as a header value.
+    deadline_ms: Option<String>,
 }
 
 const HEADER_ERROR: &str = "Clothesline-Error";
+/// The deadline a caller asks the ingress for, over HTTP and over NATS.
+const HTTP_HEADER_TIMEOUT_MS: &str = "X-Request-Timeout-Ms";
+const NATS_HEADER_TIMEOUT_MS: &str = "Clothesline-Timeout-Ms";
 
 impl Target {
     pub async fn new(
@@ -144,8 +149,14 @@ impl Target {
                 url: args.endpoint().parse().context("--ingress is not a URL")?,
             },
             TargetKind::Nats => Transport::Nats {
-                client: async_nats::ConnectOptions::new()
-                    .request_timeout(Some(args.timeout))
+                client: match (&args.nats_user, &args.nats_password) {
+                    (Some(user), Some(password)) => async_nats::ConnectOptions::with_user_and_password(
+                        user.clone(),
+                        password.clone(),
+                    ),
+                    _ => async_nats::ConnectOptions::new(),
+                }
+                .request_timeout(Some(args.timeout))
                     .connect(args.nats_url.as_str())
                     .await
                     .with_context(|| format!("connect to NATS at {}", args.nats_url))?,
@@ -157,6 +168,7 @@ impl Target {
             transport,
             requests,
             classes: set.classes.clone(),
+            deadline_ms: args.deadline.map(|d| d.as_millis().max(1).to_string()),
         })
     }
 
@@ -166,12 +178,13 @@ impl Target {
         let flat = self.kind == TargetKind::Predict;
         match &self.transport {
             Transport::Http { client, url } => {
-                let sent = client
+                let mut request = client
                     .post(url.clone())
-                    .header(CONTENT_TYPE, req.content_type.clone())
-                    .body(req.body.clone())
-                    .send()
-                    .await;
+                    .header(CONTENT_TYPE, req.content_type.clone());
+                if let Some(ms) = &self.deadline_ms {
+                    request = request.header(HTTP_HEADER_TIMEOUT_MS, ms.as_str());
+                }
+                let sent = request.body(req.body.clone()).send().await;
                 let response = match sent {
                     Ok(r) => r,
                     Err(e) => return Outcome::failed(http_failure(&e)),
@@ -190,6 +203,9 @@ impl Target {
                     "Content-Type",
                     req.content_type.to_str().unwrap_or("application/json"),
                 );
+                if let Some(ms) = &self.deadline_ms {
+                    headers.insert(NATS_HEADER_TIMEOUT_MS, ms.as_str());
+                }
                 let reply = client
                     .request_with_headers(subject.clone(), headers, req.body.clone())
                     .await;
