@@ -37,15 +37,10 @@ LOADTEST="$BIN/clothesline-loadtest"
 
 SECONDS=0
 log() { printf '\033[1;35m[bench +%ds]\033[0m %s\n' "$SECONDS" "$*" >&2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 json_field() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {"d": d}))' "$@"; }
 
-pids=()
-stop_all() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  pids=()
-}
+# shellcheck source=scripts/lib/stack.sh
+source scripts/lib/stack.sh
 trap stop_all EXIT
 
 started=$(date +%s)
@@ -100,49 +95,7 @@ done
 stop_all
 
 log "4/4 the pipeline end to end: starting the stack on its own ports"
-NATS_PORT=$(free_port); NATS_MONITOR_PORT=$(free_port)
-INGRESS_PORT=$(free_port); PREPROCESSOR_PORT=$(free_port); GPU_WORKER_PORT=$(free_port)
-export NATS_URL="nats://127.0.0.1:$NATS_PORT" RUST_LOG="${RUST_LOG:-warn}"
-NATS_STORE=$(mktemp -d -t clothesline-bench-nats.XXXXXX)
-NATS_SERVER="$(command -v nats-server || echo /usr/sbin/nats-server)"
-# A one-line config, as the test harness does: max_payload (uploads need 8 MB) has no flag.
-echo "max_payload: 8MB" >"$NATS_STORE/nats.conf"
-"$NATS_SERVER" -c "$NATS_STORE/nats.conf" -js -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR_PORT" -sd "$NATS_STORE" \
-  >"$LOG_DIR/nats.log" 2>&1 &
-pids+=($!); NATS_PID=$!
-
-wait_ready() { # name url
-  for _ in $(seq 1 900); do
-    if curl -fsS -o /dev/null "$2" 2>/dev/null; then return 0; fi
-    for pid in "${pids[@]}"; do
-      kill -0 "$pid" 2>/dev/null || { log "a process died; logs in $LOG_DIR"; tail -n 20 "$LOG_DIR"/*.log; exit 1; }
-    done
-    sleep 0.2
-  done
-  log "$1 not ready after 180 s; logs in $LOG_DIR"; exit 1
-}
-wait_ready nats-server "http://127.0.0.1:$NATS_MONITOR_PORT/healthz?js-enabled-only=true"
-"$BIN/clothesline-provision" >"$LOG_DIR/provision.log" 2>&1
-
-"$BIN/clothesline-gpu-worker" --device "$DEVICE" --http-addr "127.0.0.1:$GPU_WORKER_PORT" >"$LOG_DIR/gpu-worker.log" 2>&1 &
-pids+=($!); WORKER_PID=$!
-"$BIN/clothesline-preprocessor" --http-addr "127.0.0.1:$PREPROCESSOR_PORT" --allow-private-addresses \
-  >"$LOG_DIR/preprocessor.log" 2>&1 &
-pids+=($!); PREPROCESSOR_PID=$!
-"$BIN/clothesline-ingress" --http-addr "127.0.0.1:$INGRESS_PORT" >"$LOG_DIR/ingress.log" 2>&1 &
-pids+=($!); INGRESS_PID=$!
-wait_ready gpu-worker "http://127.0.0.1:$GPU_WORKER_PORT/readyz"
-wait_ready preprocessor "http://127.0.0.1:$PREPROCESSOR_PORT/readyz"
-wait_ready ingress "http://127.0.0.1:$INGRESS_PORT/readyz"
-log "stack ready"
-
-# CPU seconds (user + system) of the tiers and nats-server, to see where the time goes.
-tier_cpu() {
-  for pid in "$NATS_PID" "$INGRESS_PID" "$PREPROCESSOR_PID" "$WORKER_PID"; do
-    awk '{printf "%s ", ($14 + $15) / 100}' "/proc/$pid/stat"
-  done
-  echo
-}
+stack_start
 
 # run NAME ARGS...: one load test, its JSON in $RESULTS/NAME.json.
 run() {
@@ -195,8 +148,7 @@ if [ "${BENCH_NATS:-1}" = 1 ]; then
   fi
 fi
 
-stop_all
-rm -rf "$NATS_STORE"
+stack_stop
 log "in-process model ceiling again, to bracket the pipeline runs"
 model_bench "$RESULTS/model_bench_after.txt"
 echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RESULTS/machine.txt"

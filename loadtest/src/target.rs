@@ -150,16 +150,18 @@ impl Target {
             },
             TargetKind::Nats => Transport::Nats {
                 client: match (&args.nats_user, &args.nats_password) {
-                    (Some(user), Some(password)) => async_nats::ConnectOptions::with_user_and_password(
-                        user.clone(),
-                        password.clone(),
-                    ),
+                    (Some(user), Some(password)) => {
+                        async_nats::ConnectOptions::with_user_and_password(
+                            user.clone(),
+                            password.clone(),
+                        )
+                    }
                     _ => async_nats::ConnectOptions::new(),
                 }
                 .request_timeout(Some(args.timeout))
-                    .connect(args.nats_url.as_str())
-                    .await
-                    .with_context(|| format!("connect to NATS at {}", args.nats_url))?,
+                .connect(args.nats_url.as_str())
+                .await
+                .with_context(|| format!("connect to NATS at {}", args.nats_url))?,
                 subject: args.subject.clone().into(),
             },
         };

@@ -1,0 +1,85 @@
+# shellcheck shell=bash
+# The local stack for benchmarks, on free ports: nats-server (its store in a temp folder),
+# provisioning, one gpu-worker, one preprocessor (allowed to fetch from 127.0.0.1) and one ingress,
+# each waited for on its readiness endpoint. Sourced by scripts/bench.sh and
+# scripts/bench_ingress.sh, which define `log`, `BIN` (the release binaries) and `LOG_DIR`.
+#
+#   stack_start            start it; extra options per tier in the arrays WORKER_ARGS,
+#                          PREPROCESSOR_ARGS and INGRESS_ARGS; sets NATS_URL, INGRESS_PORT,
+#                          PREPROCESSOR_PORT, GPU_WORKER_PORT and the *_PID variables
+#   stack_stop             stop every process started here (SIGTERM, then wait) and the store
+#   tier_cpu               CPU seconds so far of nats-server, ingress, preprocessor, gpu-worker
+#   metric PORT SAMPLE     a sample's value on a tier's /metrics (0 when absent)
+#   rss_kib PID            resident memory of a process, in KiB
+
+pids=()
+declare -p WORKER_ARGS >/dev/null 2>&1 || WORKER_ARGS=()
+declare -p PREPROCESSOR_ARGS >/dev/null 2>&1 || PREPROCESSOR_ARGS=()
+declare -p INGRESS_ARGS >/dev/null 2>&1 || INGRESS_ARGS=()
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+stop_all() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  pids=()
+}
+
+wait_ready() { # name url
+  for _ in $(seq 1 900); do
+    if curl -fsS -o /dev/null "$2" 2>/dev/null; then return 0; fi
+    for pid in "${pids[@]}"; do
+      kill -0 "$pid" 2>/dev/null || { log "a process died; logs in $LOG_DIR"; tail -n 20 "$LOG_DIR"/*.log; exit 1; }
+    done
+    sleep 0.2
+  done
+  log "$1 not ready after 180 s; logs in $LOG_DIR"; exit 1
+}
+
+stack_start() {
+  NATS_PORT=$(free_port); NATS_MONITOR_PORT=$(free_port)
+  INGRESS_PORT=$(free_port); PREPROCESSOR_PORT=$(free_port); GPU_WORKER_PORT=$(free_port)
+  export NATS_URL="nats://127.0.0.1:$NATS_PORT" RUST_LOG="${RUST_LOG:-warn}"
+  NATS_STORE=$(mktemp -d -t clothesline-bench-nats.XXXXXX)
+  local nats_server
+  nats_server="$(command -v nats-server || echo /usr/sbin/nats-server)"
+  # A one-line config, as the test harness does: max_payload (uploads need 8 MB) has no flag.
+  echo "max_payload: 8MB" >"$NATS_STORE/nats.conf"
+  "$nats_server" -c "$NATS_STORE/nats.conf" -js -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR_PORT" \
+    -sd "$NATS_STORE" >"$LOG_DIR/nats.log" 2>&1 &
+  pids+=($!); NATS_PID=$!
+  wait_ready nats-server "http://127.0.0.1:$NATS_MONITOR_PORT/healthz?js-enabled-only=true"
+  "$BIN/clothesline-provision" >"$LOG_DIR/provision.log" 2>&1
+
+  "$BIN/clothesline-gpu-worker" --device "${DEVICE:-cpu}" --http-addr "127.0.0.1:$GPU_WORKER_PORT" \
+    "${WORKER_ARGS[@]}" >"$LOG_DIR/gpu-worker.log" 2>&1 &
+  pids+=($!); WORKER_PID=$!
+  "$BIN/clothesline-preprocessor" --http-addr "127.0.0.1:$PREPROCESSOR_PORT" --allow-private-addresses \
+    "${PREPROCESSOR_ARGS[@]}" >"$LOG_DIR/preprocessor.log" 2>&1 &
+  pids+=($!); PREPROCESSOR_PID=$!
+  "$BIN/clothesline-ingress" --http-addr "127.0.0.1:$INGRESS_PORT" "${INGRESS_ARGS[@]}" \
+    >"$LOG_DIR/ingress.log" 2>&1 &
+  pids+=($!); INGRESS_PID=$!
+  wait_ready gpu-worker "http://127.0.0.1:$GPU_WORKER_PORT/readyz"
+  wait_ready preprocessor "http://127.0.0.1:$PREPROCESSOR_PORT/readyz"
+  wait_ready ingress "http://127.0.0.1:$INGRESS_PORT/readyz"
+  log "stack ready"
+}
+
+stack_stop() {
+  stop_all
+  rm -rf "$NATS_STORE"
+}
+
+tier_cpu() {
+  for pid in "$NATS_PID" "$INGRESS_PID" "$PREPROCESSOR_PID" "$WORKER_PID"; do
+    awk '{printf "%s ", ($14 + $15) / 100}' "/proc/$pid/stat"
+  done
+  echo
+}
+
+metric() { # port sample
+  curl -fsS "http://127.0.0.1:$1/metrics" | awk -v s="$2" '$1 == s {print $2; found=1} END {if (!found) print 0}'
+}
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
