@@ -8,6 +8,7 @@ pub mod nats;
 pub mod origin;
 pub mod paths;
 pub mod stack;
+pub mod worker;
 
 /// A free TCP port on 127.0.0.1 (bound then released; the OS does not hand it out again at once).
 pub fn free_port() -> u16 {

@@ -184,7 +184,14 @@ impl NatsServer {
         self.spawn().await;
     }
 
-    fn kill(&mut self) {
+    /// Starts the server again after [`Self::kill`], on the same port and store.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the server is running");
+        self.spawn().await;
+    }
+
+    /// Kills the server (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();

@@ -72,6 +72,29 @@ pub struct Stack {
     pub preprocessors: Vec<Tier>,
     pub worker: Tier,
     pub http: reqwest::Client,
+    opts: StackOptions,
+}
+
+fn spawn_preprocessor(opts: &StackOptions, nats_url: &str, i: usize) -> Tier {
+    let port = free_port();
+    let mut args = vec![
+        "--manifest".into(),
+        opts.manifest.display().to_string(),
+        "--http-addr".into(),
+        format!("127.0.0.1:{port}"),
+    ];
+    if opts.allow_private {
+        args.push("--allow-private-addresses".into());
+    }
+    args.extend(opts.preprocessor_args.iter().cloned());
+    spawn(
+        &format!("preprocessor-{i}"),
+        "clothesline-preprocessor",
+        port,
+        nats_url,
+        &nats_env(opts.nats_auth, "preprocessor"),
+        &args,
+    )
 }
 
 /// The environment that makes a tier connect as `user`, with per-role users; none without.
@@ -165,27 +188,7 @@ impl Stack {
         );
 
         let preprocessors = (0..opts.preprocessors)
-            .map(|i| {
-                let port = free_port();
-                let mut args = vec![
-                    "--manifest".into(),
-                    manifest.clone(),
-                    "--http-addr".into(),
-                    format!("127.0.0.1:{port}"),
-                ];
-                if opts.allow_private {
-                    args.push("--allow-private-addresses".into());
-                }
-                args.extend(opts.preprocessor_args.iter().cloned());
-                spawn(
-                    &format!("preprocessor-{i}"),
-                    "clothesline-preprocessor",
-                    port,
-                    &url,
-                    &nats_env(opts.nats_auth, "preprocessor"),
-                    &args,
-                )
-            })
+            .map(|i| spawn_preprocessor(&opts, &url, i))
             .collect::<Vec<_>>();
 
         let ingress_port = free_port();
@@ -215,7 +218,17 @@ impl Stack {
             preprocessors,
             worker,
             http,
+            opts,
         }
+    }
+
+    /// Starts one more preprocessor, with the stack's options, and waits until it is ready.
+    pub async fn add_preprocessor(&mut self) -> &Tier {
+        let i = self.preprocessors.len();
+        let tier = spawn_preprocessor(&self.opts, &self.nats.url(), i);
+        wait_ready(&self.http, &tier).await;
+        self.preprocessors.push(tier);
+        &self.preprocessors[i]
     }
 
     /// `POST /predict {"url": url}`: the status and the JSON body.

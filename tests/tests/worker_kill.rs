@@ -14,12 +14,13 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use clothesline_tests::nats::NatsServer;
-use clothesline_tests::{free_port, paths, wait_until};
+use clothesline_tests::worker::{WORKER_NAME, Worker};
+use clothesline_tests::{paths, wait_until};
 use futures::StreamExt;
 use protocol::messages::Outcome;
 use protocol::meta::now_ms;
@@ -30,42 +31,6 @@ use protocol::{Manifest, Reply, RequestMeta, TensorMessage, Timings};
 const TENSORS: usize = 8;
 const ACK_WAIT: Duration = Duration::from_secs(5);
 const REPLIES: &str = "clothesline.replies.worker-kill-test";
-const WORKER_NAME: &str = "clothesline-gpu-worker";
-
-/// A gpu-worker process, SIGKILLed on drop.
-struct Worker(Child);
-
-impl Worker {
-    fn spawn(nats_url: &str, args: &[&str]) -> Self {
-        let manifest = paths::manifest();
-        let log = std::env::var("CLOTHESLINE_TEST_LOG").ok();
-        let child = Command::new(paths::bin(WORKER_NAME))
-            .current_dir(paths::repo_root())
-            .env("NATS_URL", nats_url)
-            .env("RUST_LOG", log.as_deref().unwrap_or("warn"))
-            .arg("--manifest")
-            .arg(&manifest)
-            .args(["--device", "cpu", "--http-addr"])
-            .arg(format!("127.0.0.1:{}", free_port()))
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(if log.is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
-            .spawn()
-            .expect("start clothesline-gpu-worker");
-        Self(child)
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn consumer_info(js: &jetstream::Context) -> Option<consumer::Info> {
     let c: consumer::Consumer<consumer::pull::Config> = js
