@@ -165,6 +165,12 @@ async fn serves_predictions_and_errors_and_stops_cleanly() {
     publish(&js, &wrong_model, t.encode()).await;
     let garbage = meta();
     publish(&js, &garbage, b"\xc1 not msgpack".to_vec()).await;
+    let wrong_shape = meta();
+    let mut t = tensor(image(112 * 112 * 3, 1));
+    t.shape = vec![1, 112, 112, 3];
+    publish(&js, &wrong_shape, t.encode()).await;
+    let short_data = meta();
+    publish(&js, &short_data, tensor(image(100, 1)).encode()).await;
     let mut expired = meta();
     expired.deadline_ms = Some(now_ms() - 1_000);
     publish(
@@ -185,7 +191,7 @@ async fn serves_predictions_and_errors_and_stops_cleanly() {
     }));
 
     let mut answers = HashMap::new();
-    while answers.len() < good.len() + 3 {
+    while answers.len() < good.len() + 5 {
         let msg = tokio::time::timeout(Duration::from_secs(120), replies.next())
             .await
             .expect("all replies within 2 minutes")
@@ -212,6 +218,8 @@ async fn serves_predictions_and_errors_and_stops_cleanly() {
     };
     assert_eq!(error_code(&wrong_model.request_id), ErrorCode::BadTensor);
     assert_eq!(error_code(&garbage.request_id), ErrorCode::BadTensor);
+    assert_eq!(error_code(&wrong_shape.request_id), ErrorCode::BadTensor);
+    assert_eq!(error_code(&short_data.request_id), ErrorCode::BadTensor);
     assert_eq!(error_code(&expired.request_id), ErrorCode::DeadlineExceeded);
 
     let model = tokio::task::spawn_blocking(move || {
@@ -245,7 +253,7 @@ async fn serves_predictions_and_errors_and_stops_cleanly() {
     for line in [
         "gpu_worker_items_total 7",
         "gpu_worker_expired_total 1",
-        r#"gpu_worker_errors_total{code="bad_tensor"} 2"#,
+        r#"gpu_worker_errors_total{code="bad_tensor"} 4"#,
         r#"gpu_worker_errors_total{code="deadline_exceeded"} 1"#,
         "gpu_worker_batch_size_count",
     ] {
