@@ -1,7 +1,7 @@
 //! Command line and environment of the preprocessor tier; every option has an environment
 //! variable.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -60,6 +60,10 @@ pub struct Config {
     /// Only for tests and local use: it lets any request reach into the network.
     #[arg(long, env = "PREPROCESSOR_ALLOW_PRIVATE_ADDRESSES")]
     pub allow_private_addresses: bool,
+    /// Host names to answer without DNS, as `host=ip` (comma separated or repeated), like curl's
+    /// --resolve; the addresses still go through the address policy.
+    #[arg(long, env = "PREPROCESSOR_RESOLVE", value_delimiter = ',', value_parser = parse_resolve)]
+    pub resolve: Vec<(String, IpAddr)>,
     /// Delay before a request that failed transiently is redelivered, in milliseconds.
     #[arg(long, env = "PREPROCESSOR_RETRY_DELAY_MS", default_value_t = 1_000)]
     pub retry_delay_ms: u64,
@@ -71,6 +75,22 @@ pub struct Config {
     #[arg(long, env = "PREPROCESSOR_HONOR_CANCELLATIONS", default_value_t = true,
           action = clap::ArgAction::Set)]
     pub honor_cancellations: bool,
+}
+
+/// `host=ip` for `--resolve`.
+fn parse_resolve(s: &str) -> Result<(String, IpAddr), String> {
+    let (host, ip) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected host=ip"))?;
+    let host = host.trim();
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/' || c == ':') {
+        return Err(format!("{s:?}: {host:?} is not a host name"));
+    }
+    let ip = ip
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?}: {ip:?} is not an IP address: {e}"))?;
+    Ok((host.to_string(), ip))
 }
 
 /// The number of cores, at least 1.
@@ -98,6 +118,7 @@ impl Config {
             max_bytes: self.max_download_bytes,
             max_redirects: self.max_redirects,
             allow_private_addresses: self.allow_private_addresses,
+            resolve: self.resolve.clone(),
         }
     }
 
@@ -135,5 +156,32 @@ mod tests {
         assert_eq!(c.retry_delay(), Duration::from_secs(1));
         assert!(Config::try_parse_from(["p", "--concurrency", "0"]).is_err());
         assert!(Config::local("nats://127.0.0.1:1", "m.json").allow_private_addresses);
+    }
+
+    #[test]
+    fn resolve_overrides_parse_as_host_and_ip() {
+        let c = Config::try_parse_from([
+            "p",
+            "--resolve",
+            "images.example.com=10.0.0.7,cdn.example.net=::1",
+        ])
+        .expect("parses");
+        let want: Vec<(String, IpAddr)> = vec![
+            ("images.example.com".into(), "10.0.0.7".parse().unwrap()),
+            ("cdn.example.net".into(), "::1".parse().unwrap()),
+        ];
+        assert_eq!(c.download_policy().resolve, want);
+        for bad in [
+            "nohost",
+            "=1.2.3.4",
+            "a.b=not-an-ip",
+            "a b=1.2.3.4",
+            "a:80=1.2.3.4",
+        ] {
+            assert!(
+                Config::try_parse_from(["p", "--resolve", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

@@ -382,6 +382,11 @@ async fn private_and_local_addresses_are_blocked_by_default() {
     let port = files.addr.port();
     let stack = Stack::start(StackOptions {
         allow_private: false,
+        // Public-looking names that resolve to this machine and to a private network.
+        preprocessor_args: vec![
+            "--resolve".into(),
+            "images.example.com=127.0.0.1,cdn.example.net=10.20.30.40".into(),
+        ],
         ..StackOptions::default()
     })
     .await;
@@ -397,6 +402,8 @@ async fn private_and_local_addresses_are_blocked_by_default() {
         "http://192.168.1.1/pants.jpg".into(),
         "http://169.254.169.254/latest/meta-data/".into(),
         "http://[fe80::1]/x.jpg".into(),
+        format!("http://images.example.com:{port}/pants.jpg"),
+        "http://cdn.example.net/x.jpg".into(),
     ] {
         let body = serde_json::json!({ "url": url }).to_string();
         let answer = post(&stack, "/predict", Some("application/json"), body.clone()).await;

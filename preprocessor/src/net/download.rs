@@ -3,6 +3,7 @@
 //! checked again), and connections only to addresses the policy allows.
 
 use std::error::Error as StdError;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -29,6 +30,9 @@ pub struct DownloadPolicy {
     pub max_redirects: u32,
     /// Allow loopback, private and other non-public addresses (tests, local use).
     pub allow_private_addresses: bool,
+    /// Host names answered with these addresses instead of a DNS lookup (like curl's
+    /// `--resolve`), still subject to the address policy.
+    pub resolve: Vec<(String, IpAddr)>,
 }
 
 impl Default for DownloadPolicy {
@@ -39,6 +43,7 @@ impl Default for DownloadPolicy {
             max_bytes: 8 << 20,
             max_redirects: 5,
             allow_private_addresses: false,
+            resolve: Vec::new(),
         }
     }
 }
@@ -72,9 +77,10 @@ impl Downloader {
             .redirect(redirect::Policy::none())
             // A proxy would resolve names itself, out of the policy's reach.
             .no_proxy()
-            .dns_resolver(GuardedResolver {
-                allow_private: policy.allow_private_addresses,
-            })
+            .dns_resolver(GuardedResolver::new(
+                policy.allow_private_addresses,
+                &policy.resolve,
+            ))
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(8)
             .build()?;

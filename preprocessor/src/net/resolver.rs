@@ -3,7 +3,9 @@
 //! lookup cannot return another one: no DNS rebinding). Every redirect hop and every new
 //! connection goes through it.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
@@ -21,21 +23,41 @@ pub struct BlockedAddressError {
     pub ip: IpAddr,
 }
 
-/// A resolver that applies [`address::is_allowed`], unless private addresses are allowed.
-#[derive(Debug, Clone, Copy)]
+/// A resolver that applies [`address::is_allowed`], unless private addresses are allowed. Static
+/// overrides (host -> addresses) replace the DNS lookup for their hosts, and go through the same
+/// policy.
+#[derive(Debug, Clone)]
 pub struct GuardedResolver {
-    pub allow_private: bool,
+    allow_private: bool,
+    overrides: Arc<HashMap<String, Vec<IpAddr>>>,
+}
+
+impl GuardedResolver {
+    pub fn new(allow_private: bool, overrides: &[(String, IpAddr)]) -> Self {
+        let mut map: HashMap<String, Vec<IpAddr>> = HashMap::new();
+        for (host, ip) in overrides {
+            map.entry(host.to_ascii_lowercase()).or_default().push(*ip);
+        }
+        Self {
+            allow_private,
+            overrides: Arc::new(map),
+        }
+    }
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let host = name.as_str().to_owned();
         let allow_private = self.allow_private;
+        let overridden = self.overrides.get(&host.to_ascii_lowercase()).cloned();
         Box::pin(async move {
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .take(MAX_ADDRS)
-                .collect();
+            let found: Vec<SocketAddr> = match overridden {
+                Some(ips) => ips.into_iter().map(|ip| SocketAddr::new(ip, 0)).collect(),
+                None => tokio::net::lookup_host((host.as_str(), 0))
+                    .await?
+                    .take(MAX_ADDRS)
+                    .collect(),
+            };
             let allowed = filter(&host, found, allow_private)?;
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
@@ -84,5 +106,39 @@ mod tests {
         let err = filter("h", vec![addr("127.0.0.1"), addr("::1")], false).unwrap_err();
         assert_eq!(err.ip, "127.0.0.1".parse::<IpAddr>().unwrap());
         assert!(filter("h", vec![], false).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn overrides_replace_the_lookup_and_still_meet_the_policy() {
+        let overrides = [
+            (
+                "Images.Example.com".to_string(),
+                "127.0.0.1".parse().unwrap(),
+            ),
+            (
+                "public.example".to_string(),
+                "93.184.215.14".parse().unwrap(),
+            ),
+        ];
+        let strict = GuardedResolver::new(false, &overrides);
+        let name = |h: &str| h.parse::<Name>().unwrap();
+        let err = match strict.resolve(name("images.example.com")).await {
+            Ok(_) => panic!("a name overridden to loopback must be refused"),
+            Err(e) => e,
+        };
+        assert!(err.downcast_ref::<BlockedAddressError>().is_some(), "{err}");
+        let addrs: Vec<_> = strict
+            .resolve(name("public.example"))
+            .await
+            .unwrap()
+            .collect();
+        assert_eq!(addrs, [addr("93.184.215.14")]);
+        let open = GuardedResolver::new(true, &overrides);
+        let addrs: Vec<_> = open
+            .resolve(name("images.example.com"))
+            .await
+            .unwrap()
+            .collect();
+        assert_eq!(addrs, [addr("127.0.0.1")]);
     }
 }
