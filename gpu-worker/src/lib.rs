@@ -6,6 +6,7 @@
 //! - [`engine`]: the thread that owns the model; the async side sends it batches;
 //! - [`gather`]: the batching policy; [`batcher`]: the pull-batch-answer loop;
 //! - [`reply`]: replies over core NATS and acks; [`metrics`]: Prometheus metrics;
+//!   [`device_memory`]: the CUDA memory gauge, from NVML;
 //! - [`testing`]: exports the tiny test model (needs Python with torch).
 //!
 //! [`run`] ties them together: health server first, then the model (loaded and warmed up on the
@@ -14,6 +15,7 @@
 
 pub mod batcher;
 pub mod config;
+pub mod device_memory;
 pub mod engine;
 pub mod gather;
 pub mod metrics;
@@ -138,6 +140,9 @@ pub async fn run(
     readiness.model_ready.store(true, Ordering::Relaxed);
 
     let info = engine.info().clone();
+    if let tch::Device::Cuda(index) = info.device {
+        device_memory::start_sampler(index, metrics.cuda_memory.clone());
+    }
     let max_delay = config.max_batch_delay_for(info.is_cuda());
     tracing::info!(
         device = ?info.device, precision = info.precision, max_batch = info.max_batch,
