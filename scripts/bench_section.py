@@ -4,7 +4,8 @@
 Each benchmark owns a section between `<!-- BEGIN name -->` and `<!-- END name -->` and rewrites
 only that section, so benchmarks run at different times never overwrite each other's figures.
 
-    python3 scripts/bench_section.py NAME FILE        # FILE holds the new markdown ('-' = stdin)
+    python3 scripts/bench_section.py NAME FILE [DOC]  # FILE holds the new markdown ('-' = stdin);
+                                                      # DOC defaults to BENCHMARKS.md
 
 A section that does not exist yet is appended at the end.
 """
@@ -27,15 +28,16 @@ def replace_section(doc: str, name: str, body: str) -> str:
 
 
 def main() -> int:
-    if len(sys.argv) != 3 or not re.fullmatch(r"[a-z0-9-]+", sys.argv[1]):
+    if len(sys.argv) not in (3, 4) or not re.fullmatch(r"[a-z0-9-]+", sys.argv[1]):
         print(__doc__, file=sys.stderr)
         return 2
     name, source = sys.argv[1], sys.argv[2]
+    path = os.path.join(ROOT, sys.argv[3]) if len(sys.argv) == 4 else PATH
     body = sys.stdin.read() if source == "-" else open(source).read()
-    doc = open(PATH).read() if os.path.exists(PATH) else "# Benchmarks\n"
-    with open(PATH, "w") as f:
+    doc = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
+    with open(path, "w") as f:
         f.write(replace_section(doc, name, body))
-    print(f"BENCHMARKS.md: section {name} updated")
+    print(f"{os.path.basename(path)}: section {name} updated")
     return 0
 
 

@@ -5,9 +5,14 @@
 # scripts/bench_ingress.sh, which define `log`, `BIN` (the release binaries) and `LOG_DIR`.
 #
 #   stack_start            start it; extra options per tier in the arrays WORKER_ARGS,
-#                          PREPROCESSOR_ARGS and INGRESS_ARGS; sets NATS_URL, INGRESS_PORT,
+#                          PREPROCESSOR_ARGS and INGRESS_ARGS, JetStream definitions from
+#                          DEFINITIONS (default: built in); sets NATS_URL, INGRESS_PORT,
 #                          PREPROCESSOR_PORT, GPU_WORKER_PORT and the *_PID variables
+#   start_nats, start_worker, start_preprocessor, start_ingress
+#                          (re)start one process on its ports (after a kill, say); returns
+#                          once it is ready
 #   stack_stop             stop every process started here (SIGTERM, then wait) and the store
+#   crash PID              SIGKILL one of them
 #   tier_cpu               CPU seconds so far of nats-server, ingress, preprocessor, gpu-worker
 #   metric PORT SAMPLE     a sample's value on a tier's /metrics (0 when absent)
 #   rss_kib PID            resident memory of a process, in KiB
@@ -25,6 +30,15 @@ stop_all() {
   pids=()
 }
 
+# crash PID: SIGKILL, as a crash would; the process leaves the list `wait_ready` watches.
+crash() {
+  kill -KILL "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+  local kept=() pid
+  for pid in "${pids[@]}"; do [ "$pid" = "$1" ] || kept+=("$pid"); done
+  pids=("${kept[@]}")
+}
+
 wait_ready() { # name url
   for _ in $(seq 1 900); do
     if curl -fsS -o /dev/null "$2" 2>/dev/null; then return 0; fi
@@ -36,33 +50,53 @@ wait_ready() { # name url
   log "$1 not ready after 180 s; logs in $LOG_DIR"; exit 1
 }
 
+start_nats() {
+  local nats_server
+  nats_server="$(command -v nats-server || echo /usr/sbin/nats-server)"
+  "$nats_server" -c "$NATS_STORE/nats.conf" -js -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR_PORT" \
+    -sd "$NATS_STORE" >>"$LOG_DIR/nats.log" 2>&1 &
+  pids+=($!); NATS_PID=$!
+  wait_ready nats-server "http://127.0.0.1:$NATS_MONITOR_PORT/healthz?js-enabled-only=true"
+}
+
+launch_worker() {
+  "$BIN/clothesline-gpu-worker" --device "${DEVICE:-cpu}" --http-addr "127.0.0.1:$GPU_WORKER_PORT" \
+    "${WORKER_ARGS[@]}" >>"$LOG_DIR/gpu-worker.log" 2>&1 &
+  pids+=($!); WORKER_PID=$!
+}
+ready_worker() { wait_ready gpu-worker "http://127.0.0.1:$GPU_WORKER_PORT/readyz"; }
+start_worker() { launch_worker; ready_worker; }
+
+launch_preprocessor() {
+  "$BIN/clothesline-preprocessor" --http-addr "127.0.0.1:$PREPROCESSOR_PORT" --allow-private-addresses \
+    "${PREPROCESSOR_ARGS[@]}" >>"$LOG_DIR/preprocessor.log" 2>&1 &
+  pids+=($!); PREPROCESSOR_PID=$!
+}
+ready_preprocessor() { wait_ready preprocessor "http://127.0.0.1:$PREPROCESSOR_PORT/readyz"; }
+start_preprocessor() { launch_preprocessor; ready_preprocessor; }
+
+launch_ingress() {
+  "$BIN/clothesline-ingress" --http-addr "127.0.0.1:$INGRESS_PORT" "${INGRESS_ARGS[@]}" \
+    >>"$LOG_DIR/ingress.log" 2>&1 &
+  pids+=($!); INGRESS_PID=$!
+}
+ready_ingress() { wait_ready ingress "http://127.0.0.1:$INGRESS_PORT/readyz"; }
+start_ingress() { launch_ingress; ready_ingress; }
+
 stack_start() {
   NATS_PORT=$(free_port); NATS_MONITOR_PORT=$(free_port)
   INGRESS_PORT=$(free_port); PREPROCESSOR_PORT=$(free_port); GPU_WORKER_PORT=$(free_port)
   export NATS_URL="nats://127.0.0.1:$NATS_PORT" RUST_LOG="${RUST_LOG:-warn}"
   NATS_STORE=$(mktemp -d -t clothesline-bench-nats.XXXXXX)
-  local nats_server
-  nats_server="$(command -v nats-server || echo /usr/sbin/nats-server)"
   # A one-line config, as the test harness does: max_payload (uploads need 8 MB) has no flag.
   echo "max_payload: 8MB" >"$NATS_STORE/nats.conf"
-  "$nats_server" -c "$NATS_STORE/nats.conf" -js -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR_PORT" \
-    -sd "$NATS_STORE" >"$LOG_DIR/nats.log" 2>&1 &
-  pids+=($!); NATS_PID=$!
-  wait_ready nats-server "http://127.0.0.1:$NATS_MONITOR_PORT/healthz?js-enabled-only=true"
-  "$BIN/clothesline-provision" >"$LOG_DIR/provision.log" 2>&1
-
-  "$BIN/clothesline-gpu-worker" --device "${DEVICE:-cpu}" --http-addr "127.0.0.1:$GPU_WORKER_PORT" \
-    "${WORKER_ARGS[@]}" >"$LOG_DIR/gpu-worker.log" 2>&1 &
-  pids+=($!); WORKER_PID=$!
-  "$BIN/clothesline-preprocessor" --http-addr "127.0.0.1:$PREPROCESSOR_PORT" --allow-private-addresses \
-    "${PREPROCESSOR_ARGS[@]}" >"$LOG_DIR/preprocessor.log" 2>&1 &
-  pids+=($!); PREPROCESSOR_PID=$!
-  "$BIN/clothesline-ingress" --http-addr "127.0.0.1:$INGRESS_PORT" "${INGRESS_ARGS[@]}" \
-    >"$LOG_DIR/ingress.log" 2>&1 &
-  pids+=($!); INGRESS_PID=$!
-  wait_ready gpu-worker "http://127.0.0.1:$GPU_WORKER_PORT/readyz"
-  wait_ready preprocessor "http://127.0.0.1:$PREPROCESSOR_PORT/readyz"
-  wait_ready ingress "http://127.0.0.1:$INGRESS_PORT/readyz"
+  start_nats
+  local definitions=()
+  [ -z "${DEFINITIONS:-}" ] || definitions=(--definitions "$DEFINITIONS")
+  "$BIN/clothesline-provision" "${definitions[@]}" >"$LOG_DIR/provision.log" 2>&1
+  # The three tiers start side by side (the worker loads its model meanwhile).
+  launch_worker; launch_preprocessor; launch_ingress
+  ready_worker; ready_preprocessor; ready_ingress
   log "stack ready"
 }
 
