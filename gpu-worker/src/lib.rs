@@ -32,7 +32,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream;
 use protocol::Manifest;
-use protocol::cancel::{self, CancelSet};
+use protocol::cancel;
 use protocol::names::{GPU_WORKER_CONSUMER, TENSORS_STREAM};
 use protocol::provision::wait_for_consumer;
 use protocol::runtime::{ReadyCheck, nats_connected, serve_health, token_from};
@@ -165,17 +165,13 @@ pub async fn run(
         ack_wait,
     );
     // Listening before the first pull: a cancellation published once the worker is ready is seen.
-    let _cancel_listener = if config.honor_cancellations {
-        let set = CancelSet::new(cancel::DEFAULT_CAPACITY);
-        let listener = set
-            .listen(&client, metrics.cancellations_received.clone())
-            .await
-            .context("cannot subscribe to cancellations")?;
-        batcher = batcher.with_cancellations(set);
-        Some(AbortOnDrop(listener))
-    } else {
-        None
-    };
+    let received = metrics.cancellations_received.clone();
+    let cancels = cancel::subscribe_if(config.honor_cancellations, &client, received)
+        .await
+        .context("cannot subscribe to cancellations")?;
+    if let Some((set, _listener)) = &cancels {
+        batcher = batcher.with_cancellations(set.clone());
+    }
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let result = batcher
         .run(&consumer, &token, &readiness.pulling, grace)
@@ -194,13 +190,4 @@ pub async fn run(
     }
     tracing::info!("gpu-worker stopped");
     result
-}
-
-/// Aborts a background task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }

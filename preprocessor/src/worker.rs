@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
 use protocol::Manifest;
-use protocol::cancel::{self, CancelSet};
+use protocol::cancel;
 use protocol::names::{PREPROCESSOR_CONSUMER, REQUESTS_STREAM};
 use protocol::provision::wait_for_consumer;
 use protocol::runtime::{ReadyCheck, nats_connected, serve_health, token_from};
@@ -109,16 +109,10 @@ pub async fn run(
         return Ok(());
     };
     // Listening before readiness: a cancellation published once the tier is ready is seen.
-    let cancelled = if config.honor_cancellations {
-        let set = CancelSet::new(cancel::DEFAULT_CAPACITY);
-        let listener = set
-            .listen(&client, metrics.cancellations_received.clone())
-            .await
-            .context("cannot subscribe to cancellations")?;
-        Some((set, AbortOnDrop(listener)))
-    } else {
-        None
-    };
+    let received = metrics.cancellations_received.clone();
+    let cancels = cancel::subscribe_if(config.honor_cancellations, &client, received)
+        .await
+        .context("cannot subscribe to cancellations")?;
     readiness.consumer_found.store(true, Ordering::Relaxed);
     let settler = Settler {
         js,
@@ -126,7 +120,7 @@ pub async fn run(
         metrics: metrics.clone(),
         retry_delay: config.retry_delay(),
         max_deliver: consumer.cached_info().config.max_deliver,
-        cancelled: cancelled.as_ref().map(|(set, _)| set.clone()),
+        cancelled: cancels.as_ref().map(|(set, _)| set.clone()),
     };
 
     let mut tasks = JoinSet::new();
@@ -252,14 +246,5 @@ struct GaugeGuard(prometheus::IntGauge);
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
-    }
-}
-
-/// Aborts a background task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

@@ -67,11 +67,11 @@ impl CancelSet {
         &self,
         client: &async_nats::Client,
         received: prometheus::IntCounter,
-    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    ) -> anyhow::Result<Listener> {
         let mut sub = client.subscribe(CANCEL_SUBJECT).await?;
         client.flush().await?;
         let set = self.clone();
-        Ok(tokio::spawn(async move {
+        Ok(Listener(tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
                 match std::str::from_utf8(&msg.payload) {
                     Ok(id) if is_plausible_id(id) => {
@@ -81,8 +81,34 @@ impl CancelSet {
                     _ => tracing::debug!("ignored a malformed cancellation"),
                 }
             }
-        }))
+        })))
     }
+}
+
+/// The task filling a [`CancelSet`]; dropping it ends the subscription.
+#[derive(Debug)]
+pub struct Listener(tokio::task::JoinHandle<()>);
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A worker tier's cancellations: when `enabled`, a set of [`DEFAULT_CAPACITY`] ids filled from
+/// `clothesline.cancel` (subscribed before this returns) and the listener to keep alive with it;
+/// `None` when the tier ignores cancellations.
+pub async fn subscribe_if(
+    enabled: bool,
+    client: &async_nats::Client,
+    received: prometheus::IntCounter,
+) -> anyhow::Result<Option<(CancelSet, Listener)>> {
+    if !enabled {
+        return Ok(None);
+    }
+    let set = CancelSet::new(DEFAULT_CAPACITY);
+    let listener = set.listen(client, received).await?;
+    Ok(Some((set, listener)))
 }
 
 /// Default capacity of a tier's set: ids cancelled within the last minutes at a high rate.

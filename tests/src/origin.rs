@@ -132,6 +132,11 @@ pub fn metric(text: &str, sample: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// A tier's Prometheus text from its `/metrics` at `url`.
+pub async fn metrics_text(http: &reqwest::Client, url: &str) -> String {
+    http.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 /// The value of `sample` on the tier's `/metrics` at `url`, once it is at least `at_least`.
 pub async fn metric_reaches(http: &reqwest::Client, url: &str, sample: &str, at_least: f64) {
     let what = format!("{sample} >= {at_least} at {url}");

@@ -64,3 +64,14 @@ pub fn nats_server() -> PathBuf {
         .find(|p| p.exists())
         .expect("nats-server not found: run scripts/deps.sh (installs Debian's nats-server)")
 }
+
+/// The first image (by name) of a class folder of the validation split.
+pub fn validation_image(class: &str) -> Vec<u8> {
+    let dir = dataset().join("validation").join(class);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e} (is ../shared there?)", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    std::fs::read(&files[0]).unwrap()
+}

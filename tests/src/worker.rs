@@ -42,3 +42,29 @@ impl Drop for Worker {
         let _ = self.0.wait();
     }
 }
+
+/// Publishes one tensor of the shipped model (`pixels`, 224x224x3) straight onto the tensors
+/// stream with `meta`'s headers, and waits for the stream to store it.
+pub async fn publish_tensor(
+    js: &async_nats::jetstream::Context,
+    meta: &protocol::RequestMeta,
+    pixels: Vec<u8>,
+) {
+    let manifest = protocol::Manifest::load(paths::manifest()).unwrap();
+    let tensor = protocol::TensorMessage::new(
+        manifest.model_ref(),
+        &manifest.input,
+        pixels,
+        protocol::meta::now_ms(),
+        protocol::Timings::default(),
+    );
+    js.publish_with_headers(
+        protocol::names::TENSORS_SUBJECT,
+        meta.to_headers(protocol::names::CONTENT_TYPE_MSGPACK),
+        tensor.encode().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}

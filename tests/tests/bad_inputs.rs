@@ -178,17 +178,6 @@ fn many_frames_gif(frames: usize) -> Vec<u8> {
     gif
 }
 
-/// The first image (by name) of a class folder of the validation split.
-fn validation_image(class: &str) -> Vec<u8> {
-    let dir = paths::dataset().join("validation").join(class);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e} (is ../shared there?)", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    std::fs::read(&files[0]).unwrap()
-}
-
 /// An origin that misbehaves: `/hang` never answers, `/endless` sends a body that never ends,
 /// `/html` answers a web page where an image was expected.
 async fn misbehaving_origin() -> (SocketAddr, tokio::task::JoinHandle<()>) {
@@ -213,7 +202,7 @@ async fn misbehaving_origin() -> (SocketAddr, tokio::task::JoinHandle<()>) {
 }
 
 fn write_files(dir: &Path) {
-    let jpeg = validation_image("pants");
+    let jpeg = paths::validation_image("pants");
     std::fs::write(dir.join("pants.jpg"), &jpeg).unwrap();
     std::fs::write(dir.join("empty.jpg"), b"").unwrap();
     std::fs::write(dir.join("truncated.jpg"), &jpeg[..jpeg.len() / 2]).unwrap();
@@ -377,7 +366,11 @@ async fn bad_requests_images_and_origins_get_their_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_and_local_addresses_are_blocked_by_default() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("pants.jpg"), validation_image("pants")).unwrap();
+    std::fs::write(
+        dir.path().join("pants.jpg"),
+        paths::validation_image("pants"),
+    )
+    .unwrap();
     let files = FileServer::serve(dir.path()).await;
     let port = files.addr.port();
     let stack = Stack::start(StackOptions {
@@ -416,7 +409,7 @@ async fn private_and_local_addresses_are_blocked_by_default() {
         &stack,
         "/v1/classify",
         Some("image/jpeg"),
-        validation_image("pants"),
+        paths::validation_image("pants"),
     )
     .await;
     assert_eq!(upload.0, 200, "{}", upload.1);

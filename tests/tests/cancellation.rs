@@ -13,28 +13,14 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use clothesline_tests::origin::{Origin, metric, metric_reaches};
+use clothesline_tests::origin::{Origin, metric, metric_reaches, metrics_text};
 use clothesline_tests::paths;
 use clothesline_tests::stack::{Stack, StackOptions};
+use clothesline_tests::worker::publish_tensor;
 use futures::StreamExt;
 use protocol::messages::Outcome;
-use protocol::meta::now_ms;
 use protocol::names::*;
-use protocol::{Manifest, Reply, RequestMeta, TensorMessage, Timings};
-
-fn validation_jpeg() -> Vec<u8> {
-    let dir = paths::dataset().join("validation").join("pants");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    std::fs::read(&files[0]).unwrap()
-}
-
-async fn metrics_text(http: &reqwest::Client, url: &str) -> String {
-    http.get(url).send().await.unwrap().text().await.unwrap()
-}
+use protocol::{Manifest, Reply, RequestMeta};
 
 async fn stream_messages(js: &jetstream::Context, stream: &str) -> u64 {
     js.get_stream(stream)
@@ -50,7 +36,7 @@ async fn stream_messages(js: &jetstream::Context, stream: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_disconnects_during_the_download_costs_no_decode_and_no_inference() {
     let stack = Stack::start(StackOptions::default()).await;
-    let origin = Origin::start(validation_jpeg()).await;
+    let origin = Origin::start(paths::validation_image("pants")).await;
     let js = jetstream::new(stack.nats.client().await);
     let pre_metrics = stack.preprocessors[0].url("/metrics");
     let worker_metrics = stack.worker.url("/metrics");
@@ -121,7 +107,7 @@ async fn a_client_that_disconnects_during_the_download_costs_no_decode_and_no_in
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ids_cancelled_before_their_messages_arrive_are_skipped_by_both_workers() {
     let stack = Stack::start(StackOptions::default()).await;
-    let origin = Origin::start(validation_jpeg()).await;
+    let origin = Origin::start(paths::validation_image("pants")).await;
     let client = stack.nats.client().await;
     let js = jetstream::new(client.clone());
     let http = &stack.http;
@@ -159,24 +145,9 @@ async fn ids_cancelled_before_their_messages_arrive_are_skipped_by_both_workers(
         .await
         .unwrap();
     }
-    let manifest = Manifest::load(paths::manifest()).unwrap();
+    let len = Manifest::load(paths::manifest()).unwrap().input_len();
     for id in ["tensor-cancelled", "tensor-kept"] {
-        let tensor = TensorMessage::new(
-            manifest.model_ref(),
-            &manifest.input,
-            vec![128; manifest.input_len()],
-            now_ms(),
-            Timings::default(),
-        );
-        js.publish_with_headers(
-            TENSORS_SUBJECT,
-            meta(id).to_headers(CONTENT_TYPE_MSGPACK),
-            tensor.encode().into(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        publish_tensor(&js, &meta(id), vec![128; len]).await;
     }
 
     let mut answered = Vec::new();

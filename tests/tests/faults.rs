@@ -17,26 +17,15 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use clothesline_tests::origin::{Origin, metric};
+use clothesline_tests::origin::{Origin, metric, metrics_text};
 use clothesline_tests::stack::{Stack, StackOptions, Tier};
-use clothesline_tests::worker::Worker;
+use clothesline_tests::worker::{Worker, publish_tensor};
 use clothesline_tests::{paths, wait_until};
 use futures::StreamExt;
 use protocol::messages::Outcome;
-use protocol::meta::now_ms;
 use protocol::names::*;
 use protocol::provision::{Topology, provision};
-use protocol::{Manifest, Reply, RequestMeta, TensorMessage, Timings};
-
-fn validation_jpeg() -> Vec<u8> {
-    let dir = paths::dataset().join("validation").join("shorts");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    std::fs::read(&files[0]).unwrap()
-}
+use protocol::{Manifest, Reply, RequestMeta};
 
 /// Sends `POST /v1/classify {"url"}` with a deadline of `deadline_ms` on a task of its own.
 fn classify(
@@ -90,15 +79,7 @@ async fn settled(js: &jetstream::Context, stream: &str, name: &str) -> consumer:
 }
 
 async fn unmatched_replies(stack: &Stack) -> f64 {
-    let text = stack
-        .http
-        .get(stack.ingress.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&stack.http, &stack.ingress.url("/metrics")).await;
     metric(&text, "ingress_unmatched_replies_total").unwrap()
 }
 
@@ -119,7 +100,7 @@ async fn readiness_becomes(http: &reqwest::Client, tier: &Tier, ready: bool) {
 async fn a_preprocessor_killed_mid_download_loses_no_request() {
     const REQUESTS: usize = 4;
     let mut stack = Stack::start(StackOptions::default()).await;
-    let origin = Origin::start(validation_jpeg()).await;
+    let origin = Origin::start(paths::validation_image("shorts")).await;
     let js = jetstream::new(stack.nats.client().await);
     // A short ack wait, so the dead preprocessor's requests come back soon.
     let mut topology = Topology::builtin();
@@ -158,7 +139,7 @@ async fn queued_requests_survive_a_nats_restart_and_every_tier_reconnects() {
         ..StackOptions::default()
     })
     .await;
-    let origin = Origin::start(validation_jpeg()).await;
+    let origin = Origin::start(paths::validation_image("shorts")).await;
     let calls: Vec<_> = (0..REQUESTS)
         .map(|i| classify(&stack, origin.url(&format!("/gated/{i}.jpg")), 90_000))
         .collect();
@@ -207,7 +188,7 @@ async fn a_dripping_origin_is_cut_off_at_its_timeout_while_good_requests_flow() 
         ..StackOptions::default()
     })
     .await;
-    let origin = Origin::start(validation_jpeg()).await;
+    let origin = Origin::start(paths::validation_image("shorts")).await;
     let slow: Vec<_> = ["/drip", "/hang", "/drip"]
         .iter()
         .map(|path| classify(&stack, origin.url(path), 60_000))
@@ -242,25 +223,10 @@ async fn in_progress_acks_keep_a_long_batch_from_being_redelivered() {
     let mut replies = client.subscribe(REPLIES).await.unwrap();
     client.flush().await.unwrap();
 
-    let manifest = Manifest::load(paths::manifest()).unwrap();
+    let len = Manifest::load(paths::manifest()).unwrap().input_len();
     for i in 0..TENSORS {
         let meta = RequestMeta::new(Some(REPLIES.into()), Some(Duration::from_secs(600)));
-        let tensor = TensorMessage::new(
-            manifest.model_ref(),
-            &manifest.input,
-            vec![(i * 3) as u8; manifest.input_len()],
-            now_ms(),
-            Timings::default(),
-        );
-        js.publish_with_headers(
-            TENSORS_SUBJECT,
-            meta.to_headers(CONTENT_TYPE_MSGPACK),
-            tensor.encode().into(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        publish_tensor(&js, &meta, vec![(i * 3) as u8; len]).await;
     }
     let _worker = Worker::spawn(
         &nats.url(),

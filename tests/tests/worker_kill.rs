@@ -19,14 +19,13 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use clothesline_tests::nats::NatsServer;
-use clothesline_tests::worker::{WORKER_NAME, Worker};
+use clothesline_tests::worker::{WORKER_NAME, Worker, publish_tensor};
 use clothesline_tests::{paths, wait_until};
 use futures::StreamExt;
 use protocol::messages::Outcome;
-use protocol::meta::now_ms;
 use protocol::names::*;
 use protocol::provision::{Topology, provision};
-use protocol::{Manifest, Reply, RequestMeta, TensorMessage, Timings};
+use protocol::{Manifest, Reply, RequestMeta};
 
 const TENSORS: usize = 8;
 const ACK_WAIT: Duration = Duration::from_secs(5);
@@ -72,22 +71,7 @@ async fn a_worker_killed_while_holding_unacked_tensors_loses_none() {
         let pixels = (0..manifest.input_len())
             .map(|p| (p * 7 + i * 31) as u8)
             .collect();
-        let tensor = TensorMessage::new(
-            manifest.model_ref(),
-            &manifest.input,
-            pixels,
-            now_ms(),
-            Timings::default(),
-        );
-        js.publish_with_headers(
-            TENSORS_SUBJECT,
-            meta.to_headers(CONTENT_TYPE_MSGPACK),
-            tensor.encode().into(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        publish_tensor(&js, &meta, pixels).await;
         requests.insert(meta.request_id);
     }
 
