@@ -106,7 +106,9 @@ pub async fn run(
     .with_context(|| format!("cannot serve health on {}", config.http_addr))?;
     tracing::info!(
         %health_addr, model = %manifest.name, version = %manifest.version,
-        device = %config.device, "gpu-worker starting"
+        device = %config.device,
+        omp_wait_policy = std::env::var("OMP_WAIT_POLICY").as_deref().unwrap_or("(libgomp default)"),
+        "gpu-worker starting"
     );
 
     // The model loads on its thread while NATS connects.
