@@ -149,6 +149,9 @@ fn decode_generic(
     spec: &ImageSpec,
     known_orientation: Option<Orientation>,
 ) -> Result<(RgbImage, Orientation), Error> {
+    if format == ImageFormat::Png {
+        check_png_palette(bytes)?;
+    }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     reader.limits(limits(spec.max_pixels));
     let mut decoder = reader.into_decoder().map_err(|e| map_error(e, format))?;
@@ -164,6 +167,35 @@ fn decode_generic(
         .map_err(|e| map_error(e, format))?
         .into_rgb8();
     Ok((rgb, orientation))
+}
+
+/// Refuses an indexed-colour PNG with a PLTE chunk whose length is not a multiple of 3, which
+/// the `png` crate (0.18.1) accepts and then panics on while expanding the palette
+/// (image-rs/image-png#694; found by `fuzz/`'s `image_decode`). A chunk walk, no decoding:
+/// everything else is left to the decoder.
+fn check_png_palette(bytes: &[u8]) -> Result<(), Error> {
+    // Signature (8), then IHDR first: length (4), type (4), width (4), height (4), bit depth (1),
+    // colour type (1).
+    const FIRST_CHUNK: usize = 8;
+    const INDEXED: u8 = 3;
+    if bytes.get(FIRST_CHUNK + 4..FIRST_CHUNK + 8) != Some(b"IHDR")
+        || bytes.get(FIRST_CHUNK + 17) != Some(&INDEXED)
+    {
+        return Ok(());
+    }
+    let mut pos = FIRST_CHUNK;
+    // Each chunk: length (4), type (4), data (length), CRC (4).
+    while let Some(header) = bytes.get(pos..pos + 8) {
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        if &header[4..] == b"PLTE" && !len.is_multiple_of(3) {
+            return Err(Error::new(
+                ErrorCode::CorruptImage,
+                format!("corrupt PNG image: a PLTE chunk of {len} bytes, not a multiple of 3"),
+            ));
+        }
+        pos = pos.saturating_add(12).saturating_add(len);
+    }
+    Ok(())
 }
 
 fn swaps_axes(orientation: Orientation) -> bool {
@@ -270,5 +302,41 @@ mod tests {
         assert!(check_pixels(u32::MAX, u32::MAX, u64::MAX).is_ok());
         assert!(check_pixels(0, 10, 100).is_err());
         assert_eq!(limits(u64::MAX).max_alloc, Some(u64::MAX));
+    }
+
+    /// A 1x1 PNG of colour type `color_type` with a PLTE chunk of `plte_len` bytes (CRCs
+    /// zeroed: the check runs before the decoder).
+    fn png_with_palette(color_type: u8, plte_len: u32) -> Vec<u8> {
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut chunk = |kind: &[u8], data: &[u8]| {
+            png.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            png.extend_from_slice(kind);
+            png.extend_from_slice(data);
+            png.extend_from_slice(&[0; 4]);
+        };
+        chunk(b"IHDR", &[0, 0, 0, 1, 0, 0, 0, 1, 8, color_type, 0, 0, 0]);
+        chunk(b"PLTE", &vec![7; plte_len as usize]);
+        chunk(
+            b"IDAT",
+            &[0x78, 0x9c, 0x63, 0x60, 0x00, 0x00, 0x00, 0x02, 0x00, 0x01],
+        );
+        chunk(b"IEND", &[]);
+        png
+    }
+
+    #[test]
+    fn indexed_png_with_a_partial_palette_entry_is_corrupt_not_a_panic() {
+        for len in [4, 5, 49, 767] {
+            let err = check_png_palette(&png_with_palette(3, len)).unwrap_err();
+            assert_eq!(err.code, ErrorCode::CorruptImage, "PLTE of {len} bytes");
+            let spec = ImageSpec::new(224, 224);
+            let err = decode_rgb8(&png_with_palette(3, len), &spec).unwrap_err();
+            assert_eq!(err.code, ErrorCode::CorruptImage, "PLTE of {len} bytes");
+        }
+        check_png_palette(&png_with_palette(3, 48)).unwrap();
+        // A suggested palette in a truecolour image is not used (nor checked), as in Pillow.
+        check_png_palette(&png_with_palette(2, 49)).unwrap();
+        check_png_palette(b"\x89PNG\r\n\x1a\n").unwrap();
+        check_png_palette(&png_with_palette(3, 4)[..41]).unwrap_err();
     }
 }
