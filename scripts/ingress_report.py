@@ -206,8 +206,11 @@ def main():
         "stopped: the requests still queued had expired, and their cancellations let the workers "
         "skip them. Goodput is the weak point: with 1024 requests in flight (minutes of work for "
         "this machine) most of the work goes to requests that expire before they are answered, "
-        "so far fewer succeed than with a bound sized to the capacity. Size `--max-inflight` to "
-        "the replicas behind an ingress (about capacity x acceptable queueing time).",
+        "so far fewer succeed than with a bound sized to the capacity. On this machine that work "
+        "(about 200 requests/s downloaded, decoded and stored as tensors) also takes a core from "
+        "the gpu-worker, whose spinning OpenMP threads then slow down several times (section "
+        "gpu-worker-cpu-sharing). Size `--max-inflight` to the replicas behind an ingress "
+        "(about capacity x acceptable queueing time).",
         "",
     ]
     out += cancel_section(results, capacity)
