@@ -200,6 +200,9 @@ def main():
             f"In-flight bound sized to about 3 s of work (`--max-inflight {n}`)",
             capacity,
         )
+    default = load(results, "overload-default")
+    admitted = sum(v for k, v in default["statuses"].items() if k in ("200", "504"))
+    admitted_rate = admitted / max(default["window_s"], 1.0)
     out += [
         "Every request was answered within its deadline (200, 429 or 504; none left waiting), the "
         "ingress's memory stayed bounded, and latency was normal in the first run after the load "
@@ -207,7 +210,8 @@ def main():
         "skip them. Goodput is the weak point: with 1024 requests in flight (minutes of work for "
         "this machine) most of the work goes to requests that expire before they are answered, "
         "so far fewer succeed than with a bound sized to the capacity. On this machine that work "
-        "(about 200 requests/s downloaded, decoded and stored as tensors) also takes a core from "
+        f"(about {admitted_rate:.0f} requests/s admitted, downloaded, decoded and stored as "
+        "tensors) also takes a core from "
         "the gpu-worker, whose spinning OpenMP threads then slow down several times (section "
         "gpu-worker-cpu-sharing). Size `--max-inflight` to the replicas behind an ingress "
         "(about capacity x acceptable queueing time).",
