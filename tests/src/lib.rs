@@ -7,6 +7,7 @@ pub mod files;
 pub mod nats;
 pub mod origin;
 pub mod paths;
+pub mod roles;
 pub mod stack;
 pub mod worker;
 
