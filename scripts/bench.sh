@@ -20,28 +20,17 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/deps.sh
 source scripts/deps.sh
 
-IMAGES="${BENCH_IMAGES:-../shared/datasets/clothing-dataset-small/validation}"
+# shellcheck source=scripts/lib/stack.sh
+source scripts/lib/stack.sh
+bench_init bench
+trap stop_all EXIT
 RATES="${BENCH_RATES:-10 20 30 40 50 60 80}"
 STEP_SECS="${BENCH_STEP_SECS:-12}"
 WARMUP_SECS="${BENCH_WARMUP_SECS:-3}"
 CONCURRENCY="${BENCH_CONCURRENCY:-16}"
 DEVICE="${DEVICE:-cpu}"
-RESULTS="${BENCH_KEEP:-$(mktemp -d -t clothesline-bench.XXXXXX)}"
-mkdir -p "$RESULTS" benchmarks
-rm -f "$RESULTS"/*.json # a kept folder from an earlier run must not mix in its reports
-LOG_DIR="$RESULTS/logs"
-mkdir -p "$LOG_DIR"
+mkdir -p benchmarks
 PY="$TORCH_VENV/bin/python"
-BIN=target/release
-LOADTEST="$BIN/clothesline-loadtest"
-
-SECONDS=0
-log() { printf '\033[1;35m[bench +%ds]\033[0m %s\n' "$SECONDS" "$*" >&2; }
-json_field() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {"d": d}))' "$@"; }
-
-# shellcheck source=scripts/lib/stack.sh
-source scripts/lib/stack.sh
-trap stop_all EXIT
 
 started=$(date +%s)
 {

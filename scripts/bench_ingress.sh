@@ -19,23 +19,12 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/deps.sh
 source scripts/deps.sh
 
-IMAGES="${BENCH_IMAGES:-../shared/datasets/clothing-dataset-small/validation}"
-RESULTS="${BENCH_KEEP:-$(mktemp -d -t clothesline-bench-ingress.XXXXXX)}"
-OVERLOAD_SECS="${BENCH_OVERLOAD_SECS:-30}"
-ROUNDS="${BENCH_LATENCY_ROUNDS:-4}"
-mkdir -p "$RESULTS"
-rm -f "$RESULTS"/*.json "$RESULTS"/*.txt
-LOG_DIR="$RESULTS/logs"
-mkdir -p "$LOG_DIR"
-BIN=target/release
-LOADTEST="$BIN/clothesline-loadtest"
-
-SECONDS=0
-log() { printf '\033[1;35m[bench-ingress +%ds]\033[0m %s\n' "$SECONDS" "$*" >&2; }
-json_field() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {"d": d}))' "$@"; }
 # shellcheck source=scripts/lib/stack.sh
 source scripts/lib/stack.sh
+bench_init bench-ingress
 trap stop_all EXIT
+OVERLOAD_SECS="${BENCH_OVERLOAD_SECS:-30}"
+ROUNDS="${BENCH_LATENCY_ROUNDS:-4}"
 
 {
   echo "date=$(date -u +%Y-%m-%dT%H:%MZ)"

@@ -14,21 +14,11 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/deps.sh
 source scripts/deps.sh
 
-IMAGES="${BENCH_IMAGES:-../shared/datasets/clothing-dataset-small/validation}"
-RATE="${CHAOS_RATE:-15}"
-RESULTS="${BENCH_KEEP:-$(mktemp -d -t clothesline-chaos.XXXXXX)}"
-mkdir -p "$RESULTS"
-rm -f "$RESULTS"/*.json "$RESULTS"/*.txt
-LOG_DIR="$RESULTS/logs"
-mkdir -p "$LOG_DIR"
-BIN=target/release
-LOADTEST="$BIN/clothesline-loadtest"
-
-SECONDS=0
-log() { printf '\033[1;35m[chaos +%ds]\033[0m %s\n' "$SECONDS" "$*" >&2; }
 # shellcheck source=scripts/lib/stack.sh
 source scripts/lib/stack.sh
+bench_init chaos
 trap stop_all EXIT
+RATE="${CHAOS_RATE:-15}"
 
 log "building (release)"
 cargo build --release --locked --workspace --bins

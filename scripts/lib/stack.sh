@@ -1,9 +1,14 @@
 # shellcheck shell=bash
-# The local stack for benchmarks, on free ports: nats-server (its store in a temp folder),
+# The set-up shared by the benchmark scripts, and the local stack they run, on free ports: nats-server (its store in a temp folder),
 # provisioning, one gpu-worker, one preprocessor (allowed to fetch from 127.0.0.1) and one ingress,
 # each waited for on its readiness endpoint. Sourced by scripts/bench.sh and
-# scripts/bench_ingress.sh, which define `log`, `BIN` (the release binaries) and `LOG_DIR`.
+# scripts/bench_ingress.sh and scripts/chaos.sh.
 #
+#   bench_init TAG         RESULTS (BENCH_KEEP, else a new temp folder; reports of an earlier run
+#                          removed), LOG_DIR (its logs/), IMAGES (BENCH_IMAGES, else the validation
+#                          split), BIN (the release binaries), LOADTEST; `log` lines carry TAG
+#   log MESSAGE            a timestamped line on stderr
+#   json_field FILE EXPR   EXPR evaluated on FILE's JSON as `d`
 #   stack_start            start it; extra options per tier in the arrays WORKER_ARGS,
 #                          PREPROCESSOR_ARGS and INGRESS_ARGS, JetStream definitions from
 #                          DEFINITIONS (default: built in); sets NATS_URL, INGRESS_PORT,
@@ -18,6 +23,27 @@
 #   rss_kib PID            resident memory of a process, in KiB
 
 pids=()
+
+# The variables bench_init sets are used by the scripts that source this file.
+# shellcheck disable=SC2034
+bench_init() {
+  BENCH_TAG=$1
+  IMAGES="${BENCH_IMAGES:-../shared/datasets/clothing-dataset-small/validation}"
+  RESULTS="${BENCH_KEEP:-$(mktemp -d -t "clothesline-$1.XXXXXX")}"
+  mkdir -p "$RESULTS"
+  # A kept folder from an earlier run must not mix in its reports.
+  rm -f "$RESULTS"/*.json "$RESULTS"/*.txt
+  LOG_DIR="$RESULTS/logs"
+  mkdir -p "$LOG_DIR"
+  BIN=target/release
+  LOADTEST="$BIN/clothesline-loadtest"
+  SECONDS=0
+}
+
+log() { printf '\033[1;35m[%s +%ds]\033[0m %s\n' "${BENCH_TAG:-bench}" "$SECONDS" "$*" >&2; }
+
+json_field() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {"d": d}))' "$@"; }
+
 declare -p WORKER_ARGS >/dev/null 2>&1 || WORKER_ARGS=()
 declare -p PREPROCESSOR_ARGS >/dev/null 2>&1 || PREPROCESSOR_ARGS=()
 declare -p INGRESS_ARGS >/dev/null 2>&1 || INGRESS_ARGS=()
