@@ -84,16 +84,7 @@ where
     let call = match Call::begin(state, route, call_headers(headers)) {
         Ok(c) => c,
         Err(e) => {
-            state
-                .metrics
-                .errors
-                .with_label_values(&[e.code.as_str()])
-                .inc();
-            state
-                .metrics
-                .requests
-                .with_label_values(&[route, &e.code.http_status().to_string()])
-                .inc();
+            Call::refused(state, route, &e);
             return AppError(e).into_response();
         }
     };

@@ -96,6 +96,20 @@ impl Call {
         })
     }
 
+    /// Records a request that [`Call::begin`] refused: its error code and its status on `route`.
+    pub fn refused(state: &AppState, route: &'static str, e: &Error) {
+        state
+            .metrics
+            .errors
+            .with_label_values(&[e.code.as_str()])
+            .inc();
+        state
+            .metrics
+            .requests
+            .with_label_values(&[route, &e.code.http_status().to_string()])
+            .inc();
+    }
+
     pub fn job(&self, content_type: &str, payload: Bytes) -> Job {
         Job {
             request_id: self.request_id.clone(),

@@ -64,14 +64,11 @@ async fn answer(state: &AppState, msg: &async_nats::Message) -> (bytes::Bytes, H
         timeout_ms: get(HEADER_TIMEOUT_MS),
         traceparent: get(HEADER_TRACEPARENT),
     };
-    let call = match Call::begin(state, "nats:classify", h) {
+    let route = "nats:classify";
+    let call = match Call::begin(state, route, h) {
         Ok(c) => c,
         Err(e) => {
-            state
-                .metrics
-                .errors
-                .with_label_values(&[e.code.as_str()])
-                .inc();
+            Call::refused(state, route, &e);
             return error_answer(None, &e);
         }
     };
