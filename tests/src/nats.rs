@@ -204,3 +204,15 @@ impl Drop for NatsServer {
         self.kill();
     }
 }
+
+/// Messages stored in `stream` now.
+pub async fn stream_messages(js: &async_nats::jetstream::Context, stream: &str) -> u64 {
+    js.get_stream(stream)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages
+}

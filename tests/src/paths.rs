@@ -75,3 +75,21 @@ pub fn validation_image(class: &str) -> Vec<u8> {
     files.sort();
     std::fs::read(&files[0]).unwrap()
 }
+
+/// The binaries whose options the README documents and the deployments set.
+pub const BINARIES: [&str; 4] = [
+    "clothesline-ingress",
+    "clothesline-preprocessor",
+    "clothesline-gpu-worker",
+    "clothesline-provision",
+];
+
+/// What `bin --help` prints (it must succeed).
+pub fn help(bin: &str) -> String {
+    let out = std::process::Command::new(self::bin(bin))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{bin} --help");
+    String::from_utf8(out.stdout).unwrap()
+}

@@ -134,15 +134,7 @@ pub async fn provisioned() -> (NatsServer, Client) {
 /// them (it may read stream and consumer info).
 pub async fn queue_state(admin: &Client, stream: &str, consumer: &str) -> (u64, u64, usize) {
     let js = jetstream::new(admin.clone());
-    let messages = js
-        .get_stream(stream)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages;
+    let messages = crate::nats::stream_messages(&js, stream).await;
     let mut c: PullConsumer = js.get_consumer_from_stream(consumer, stream).await.unwrap();
     let info = c.info().await.unwrap();
     (messages, info.num_pending, info.num_ack_pending)

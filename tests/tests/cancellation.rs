@@ -13,6 +13,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
+use clothesline_tests::nats::stream_messages;
 use clothesline_tests::origin::{Origin, metric, metric_reaches, metrics_text};
 use clothesline_tests::paths;
 use clothesline_tests::stack::{Stack, StackOptions};
@@ -21,17 +22,6 @@ use futures::StreamExt;
 use protocol::messages::Outcome;
 use protocol::names::*;
 use protocol::{Manifest, Reply, RequestMeta};
-
-async fn stream_messages(js: &jetstream::Context, stream: &str) -> u64 {
-    js.get_stream(stream)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_disconnects_during_the_download_costs_no_decode_and_no_inference() {

@@ -61,18 +61,8 @@ fn contract() -> Value {
         })
     };
     let mut help = serde_json::Map::new();
-    for bin in [
-        "clothesline-ingress",
-        "clothesline-preprocessor",
-        "clothesline-gpu-worker",
-        "clothesline-provision",
-    ] {
-        let out = Command::new(paths::bin(bin))
-            .arg("--help")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{bin} --help");
-        help.insert(bin.into(), text(&out.stdout).into());
+    for bin in paths::BINARIES {
+        help.insert(bin.into(), paths::help(bin).into());
     }
     json!({
         "consumers": [

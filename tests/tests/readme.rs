@@ -2,25 +2,13 @@
 //! documented in it.
 #![allow(clippy::unwrap_used)]
 
-use std::process::Command;
-
 use clothesline_tests::paths;
 
 #[test]
 fn readme_documents_every_option_of_every_binary() {
     let readme = std::fs::read_to_string(paths::repo_root().join("README.md")).unwrap();
-    for bin in [
-        "clothesline-ingress",
-        "clothesline-preprocessor",
-        "clothesline-gpu-worker",
-        "clothesline-provision",
-    ] {
-        let out = Command::new(paths::bin(bin))
-            .arg("--help")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{bin} --help");
-        let help = String::from_utf8(out.stdout).unwrap();
+    for bin in paths::BINARIES {
+        let help = paths::help(bin);
         let mut seen = 0;
         // Option lines look like `  -h, --help` or `      --nats-url <URL>`.
         for line in help.lines().map(str::trim_start) {

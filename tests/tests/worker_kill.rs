@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use clothesline_tests::nats::NatsServer;
+use clothesline_tests::nats::{NatsServer, stream_messages};
 use clothesline_tests::worker::{WORKER_NAME, Worker, publish_tensor};
 use clothesline_tests::{paths, wait_until};
 use futures::StreamExt;
@@ -147,12 +147,7 @@ async fn a_worker_killed_while_holding_unacked_tensors_loses_none() {
         info.delivered
     );
     assert_eq!(
-        js.get_stream(TENSORS_STREAM)
-            .await
-            .unwrap()
-            .cached_info()
-            .state
-            .messages,
+        stream_messages(&js, TENSORS_STREAM).await,
         0,
         "the work queue is empty"
     );
