@@ -17,7 +17,7 @@ use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 use protocol::{Error, ErrorCode};
 
-use super::resize::{resize_raw, resize_rgb8};
+use super::resize::{resize_rgb8, resize_rgbx, rgbx_to_rgb};
 use super::{ImageSpec, jpeg, sniff, turbo};
 
 /// Bytes the decoder may allocate per pixel of the limit: RGBA with 16-bit samples.
@@ -59,7 +59,7 @@ impl Decoded<'_> {
     /// The oriented image.
     pub fn into_rgb8(self) -> RgbImage {
         let img = match self.pixels {
-            Pixels::Borrowed(p) => RgbImage::from_raw(p.width, p.height, p.data.to_vec()),
+            Pixels::Borrowed(p) => RgbImage::from_raw(p.width, p.height, rgbx_to_rgb(p.data)),
             Pixels::Owned(img) => Some(img),
         };
         let mut img = DynamicImage::ImageRgb8(img.unwrap_or_default());
@@ -74,9 +74,9 @@ impl Decoded<'_> {
         match self.pixels {
             Pixels::Borrowed(p) if self.orientation == Orientation::NoTransforms => {
                 if (p.width, p.height) == (width, height) {
-                    Ok(p.data.to_vec())
+                    Ok(rgbx_to_rgb(p.data))
                 } else {
-                    resize_raw(p.data, p.width, p.height, width, height)
+                    resize_rgbx(p.data, p.width, p.height, width, height)
                 }
             }
             _ => resize_rgb8(self.into_rgb8(), width, height),

@@ -3,6 +3,10 @@
 //! decodes to the same pixels the model was trained on. CMYK/YCCK JPEGs, which TurboJPEG
 //! cannot convert to RGB, are left to the `image` crate.
 //!
+//! The pixels come out as RGBX (the fourth byte padding): libjpeg-turbo's SIMD colour
+//! conversion writes four-byte pixels about 15% faster than packed RGB, and the resizer reads
+//! them as fast; the colours are the same.
+//!
 //! DCT scaling: when the output is at least 2, 4 or 8 times smaller than the image in both
 //! dimensions, libjpeg-turbo decodes at 1/2, 1/4 or 1/8 of the size, skipping most of the IDCT
 //! work. The factor is chosen exactly as Pillow's `JpegImageFile.draft` chooses it (which
@@ -13,7 +17,7 @@ use std::cell::RefCell;
 use protocol::{Error, ErrorCode};
 use turbojpeg::{Colorspace, Decompressor, Image, PixelFormat, ScalingFactor};
 
-/// Scratch buffers larger than this (about 5 megapixels of RGB) are freed after use rather than
+/// Scratch buffers larger than this (about 4 megapixels of RGBX) are freed after use rather than
 /// kept for the thread's next image.
 const MAX_KEPT_SCRATCH: usize = 16 << 20;
 
@@ -24,10 +28,10 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Decoded RGB8 pixels, borrowed from the thread's scratch buffer.
+/// Decoded pixels, borrowed from the thread's scratch buffer.
 #[derive(Debug, Clone, Copy)]
 pub struct Pixels<'a> {
-    /// `height * width * 3` bytes, row-major, RGB interleaved.
+    /// `height * width * 4` bytes, row-major, RGBX (the fourth byte of each pixel is padding).
     pub data: &'a [u8],
     pub width: u32,
     pub height: u32,
@@ -97,16 +101,16 @@ pub fn decode<R>(
         let mut failed = false;
         let result = SCRATCH.with(|scratch| {
             let mut buf = scratch.borrow_mut();
-            let len = width * height * 3;
+            let len = width * height * 4;
             if buf.len() < len {
                 buf.resize(len, 0);
             }
             let image = Image {
                 pixels: &mut buf[..len],
                 width,
-                pitch: width * 3,
+                pitch: width * 4,
                 height,
-                format: PixelFormat::RGB,
+                format: PixelFormat::RGBX,
             };
             let decoded = decompressor
                 .set_scaling_factor(factor)
