@@ -59,7 +59,7 @@ pub fn decide(
 ) -> Decision {
     let deliveries_left = max_deliver <= 0 || delivered < max_deliver;
     let time_left = remaining.is_none_or(|r| r > retry_delay);
-    if error.code.is_transient() && deliveries_left && time_left {
+    if error.is_transient() && deliveries_left && time_left {
         Decision::Retry
     } else {
         Decision::Fail
@@ -329,6 +329,9 @@ mod tests {
             decide(&err(ErrorCode::OriginError), 1, 5, None, d),
             Decision::Fail
         );
+        let busy = Error::transient(ErrorCode::OriginError, "origin answered 503");
+        assert_eq!(decide(&busy, 1, 5, None, d), Decision::Retry);
+        assert_eq!(decide(&busy, 5, 5, None, d), Decision::Fail);
         assert_eq!(
             decide(&err(ErrorCode::CorruptImage), 1, 5, None, d),
             Decision::Fail

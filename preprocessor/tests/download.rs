@@ -58,11 +58,14 @@ async fn error_statuses_are_origin_errors() {
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::OriginError);
     assert!(err.message.contains("404"), "{}", err.message);
+    assert!(!err.is_transient(), "a 404 stays a 404");
     let err = d
         .download(&format!("http://{addr}/broken"), None)
         .await
         .unwrap_err();
+    assert_eq!(err.code, ErrorCode::OriginError);
     assert!(err.message.contains("500"), "{}", err.message);
+    assert!(err.is_transient(), "a 500 may pass: retried");
     assert_eq!(
         code(&d, &format!("http://{addr}/loop")).await,
         ErrorCode::OriginError

@@ -139,6 +139,10 @@ impl std::fmt::Display for ErrorCode {
 pub struct Error {
     pub code: ErrorCode,
     pub message: String,
+    /// Transient although its code is not always (an origin's 503 is `origin_error` like its
+    /// 404, but worth retrying). Local to the process that made it: never on the wire.
+    #[serde(skip)]
+    transient: bool,
 }
 
 impl Error {
@@ -146,7 +150,22 @@ impl Error {
         Self {
             code,
             message: message.into(),
+            transient: false,
         }
+    }
+
+    /// An error worth retrying whatever its code says ([`Error::is_transient`]).
+    pub fn transient(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            transient: true,
+            ..Self::new(code, message)
+        }
+    }
+
+    /// Whether retrying the same request later may succeed: its code is transient
+    /// ([`ErrorCode::is_transient`]), or it was made with [`Error::transient`].
+    pub fn is_transient(&self) -> bool {
+        self.transient || self.code.is_transient()
     }
 
     /// `{"error": {"code": ..., "message": ...}}`, the body of every HTTP error.
@@ -168,6 +187,21 @@ mod tests {
             assert!((400..600).contains(&code.http_status()));
         }
         assert_eq!(ErrorCode::parse("nope"), None);
+    }
+
+    #[test]
+    fn transience_is_the_codes_unless_marked_and_stays_off_the_wire() {
+        assert!(!Error::new(ErrorCode::OriginError, "404").is_transient());
+        assert!(Error::new(ErrorCode::OriginUnreachable, "reset").is_transient());
+        let busy = Error::transient(ErrorCode::OriginError, "origin answered 503");
+        assert!(busy.is_transient());
+        let json = busy.to_json_body();
+        assert_eq!(
+            json,
+            serde_json::json!({"error": {"code": "origin_error", "message": "origin answered 503"}})
+        );
+        let back: Error = serde_json::from_value(json["error"].clone()).expect("decode");
+        assert!(!back.is_transient());
     }
 
     #[test]

@@ -16,6 +16,8 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -179,8 +181,9 @@ fn many_frames_gif(frames: usize) -> Vec<u8> {
 }
 
 /// An origin that misbehaves: `/hang` never answers, `/endless` sends a body that never ends,
-/// `/html` answers a web page where an image was expected.
-async fn misbehaving_origin() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+/// `/html` answers a web page where an image was expected, `/busy` answers 503 (counted in
+/// `busy`), `/gone` answers 410.
+async fn misbehaving_origin(busy: Arc<AtomicUsize>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     async fn endless() -> Response {
         let chunk = Bytes::from(vec![0u8; 64 * 1024]);
         let body = futures::stream::repeat_with(move || Ok::<_, Infallible>(chunk.clone()));
@@ -192,13 +195,44 @@ async fn misbehaving_origin() -> (SocketAddr, tokio::task::JoinHandle<()>) {
         .route(
             "/html",
             get(|| async { axum::response::Html("<html><body>a picture</body></html>") }),
-        );
+        )
+        .route(
+            "/busy",
+            get(move || async move {
+                busy.fetch_add(1, Ordering::SeqCst);
+                axum::http::StatusCode::SERVICE_UNAVAILABLE
+            }),
+        )
+        .route("/gone", get(|| async { axum::http::StatusCode::GONE }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
     (addr, task)
+}
+
+/// A server that resets every connection as soon as it is accepted (counted in `accepted`).
+async fn resetting_origin(accepted: Arc<AtomicUsize>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            // Linger 0: closing sends RST instead of FIN.
+            let _ = stream.set_zero_linger();
+            drop(stream);
+        }
+    });
+    (addr, task)
+}
+
+/// A TIFF header: a real image format the preprocessor does not serve.
+fn tiff() -> Vec<u8> {
+    let mut tiff = b"II*\0".to_vec();
+    tiff.extend_from_slice(&8u32.to_le_bytes()); // first IFD
+    tiff.extend_from_slice(&[0; 6]); // no entries, no next IFD
+    tiff
 }
 
 fn write_files(dir: &Path) {
@@ -208,6 +242,7 @@ fn write_files(dir: &Path) {
     std::fs::write(dir.join("truncated.jpg"), &jpeg[..jpeg.len() / 2]).unwrap();
     std::fs::write(dir.join("bomb.png"), png_bomb(100_000, 100_000)).unwrap();
     std::fs::write(dir.join("frames.gif"), many_frames_gif(10_000)).unwrap();
+    std::fs::write(dir.join("scan.tiff"), tiff()).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,7 +250,15 @@ async fn bad_requests_images_and_origins_get_their_codes() {
     let dir = tempfile::tempdir().unwrap();
     write_files(dir.path());
     let files = FileServer::serve(dir.path()).await;
-    let (origin, _origin_task) = misbehaving_origin().await;
+    let busy = Arc::new(AtomicUsize::new(0));
+    let (origin, _origin_task) = misbehaving_origin(busy.clone()).await;
+    let resets = Arc::new(AtomicUsize::new(0));
+    let (resetting, _resetting_task) = resetting_origin(resets.clone()).await;
+    // A port nothing listens on: connections are refused.
+    let refusing = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let stack = Stack::start(StackOptions {
         // A hanging origin fails fast, and its retries follow quickly.
         preprocessor_args: ["--download-timeout-ms", "500", "--retry-delay-ms", "100"]
@@ -281,6 +324,7 @@ async fn bad_requests_images_and_origins_get_their_codes() {
         ("truncated.jpg", (422, "corrupt_image")),
         ("bomb.png", (422, "corrupt_image")),
         ("missing.jpg", (502, "origin_error")),
+        ("scan.tiff", (422, "unsupported_format")),
     ] {
         assert_error(name, &predict(files.url(name)).await, want);
     }
@@ -301,6 +345,42 @@ async fn bad_requests_images_and_origins_get_their_codes() {
     assert_error("endless body", &endless, (413, "too_large"));
     let hang = predict(format!("http://{origin}/hang")).await;
     assert_error("hanging origin", &hang, (504, "download_timeout"));
+
+    // Transient failures are retried up to the consumer's delivery limit, then answered; a
+    // permanent one is answered at once.
+    let js = jetstream::new(stack.nats.client().await);
+    let max_deliver = js
+        .get_stream(REQUESTS_STREAM)
+        .await
+        .unwrap()
+        .consumer_info(PREPROCESSOR_CONSUMER)
+        .await
+        .unwrap()
+        .config
+        .max_deliver;
+    let tries = usize::try_from(max_deliver).unwrap();
+    assert!(
+        tries > 1,
+        "the consumer redelivers: max_deliver {max_deliver}"
+    );
+    let answer = predict(format!("http://{origin}/busy")).await;
+    assert_error("origin answering 503", &answer, (502, "origin_error"));
+    assert_eq!(
+        busy.load(Ordering::SeqCst),
+        tries,
+        "a 503 is tried once a delivery"
+    );
+    let answer = predict(format!("http://{origin}/gone")).await;
+    assert_error("origin answering 410", &answer, (502, "origin_error"));
+    let answer = predict(format!("http://{resetting}/a.jpg")).await;
+    assert_error("connection reset", &answer, (502, "origin_unreachable"));
+    assert_eq!(
+        resets.load(Ordering::SeqCst),
+        tries,
+        "a reset is tried once a delivery"
+    );
+    let answer = predict(format!("http://{refusing}/a.jpg")).await;
+    assert_error("connection refused", &answer, (502, "origin_unreachable"));
 
     // The same checks where the ingress cannot catch them: a plain NATS client publishing bad
     // requests straight into the stream gets the error in its reply.

@@ -153,10 +153,12 @@ impl Downloader {
                 continue;
             }
             if !status.is_success() {
-                return Err(Error::new(
-                    ErrorCode::OriginError,
-                    format!("origin answered {status} for {url}"),
-                ));
+                let message = format!("origin answered {status} for {url}");
+                return Err(if retry_worthy(status) {
+                    Error::transient(ErrorCode::OriginError, message)
+                } else {
+                    Error::new(ErrorCode::OriginError, message)
+                });
             }
             let bytes = self.read_body(response, &url).await?;
             return Ok((bytes, url, redirects));
@@ -205,6 +207,16 @@ impl Downloader {
             format!("{what} {url}: {detail}"),
         )
     }
+}
+
+/// An origin's answer worth retrying later: a server error (5xx, except 501 Not Implemented and
+/// 505, which the same request will get again), 408 Request Timeout and 429 Too Many Requests.
+pub fn retry_worthy(status: StatusCode) -> bool {
+    (status.is_server_error()
+        && status != StatusCode::NOT_IMPLEMENTED
+        && status != StatusCode::HTTP_VERSION_NOT_SUPPORTED)
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
 }
 
 /// The next URL of a redirect from `url` (answered `status` with the `Location` header
@@ -281,4 +293,21 @@ fn error_chain(error: &(dyn StdError + 'static)) -> String {
         current = e.source();
     }
     parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_errors_and_throttling_are_worth_a_retry_client_errors_are_not() {
+        for code in [500, 502, 503, 504, 408, 429, 599] {
+            let status = StatusCode::from_u16(code).expect("status");
+            assert!(retry_worthy(status), "{code}");
+        }
+        for code in [400, 401, 403, 404, 410, 451, 501, 505] {
+            let status = StatusCode::from_u16(code).expect("status");
+            assert!(!retry_worthy(status), "{code}");
+        }
+    }
 }
