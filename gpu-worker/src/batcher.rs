@@ -1,7 +1,7 @@
 //! The batcher: pulls tensors from the gpu-worker consumer, checks them, gathers them into
-//! batches (policy in [`crate::gather`]) and runs one batch at a time on the engine while it goes
-//! on collecting the next one (at most one batch waits). Each item is answered and acked after
-//! its batch. A failing batch is retried item by item, so only the poison item fails.
+//! batches (policy in [`crate::gather`]) and runs one batch per engine replica at a time while it
+//! goes on collecting the next one (at most one batch waits). Each item is answered and acked
+//! after its batch. A failing batch is retried item by item, so only the poison item fails.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +17,7 @@ use protocol::messages::ModelRef;
 use protocol::meta::now_ms;
 use protocol::names::*;
 use protocol::{Error, ErrorCode, RequestMeta, TensorMessage};
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{BatchOutput, Engine, EngineError};
@@ -107,23 +107,25 @@ impl Batcher {
         grace: Duration,
     ) -> anyhow::Result<()> {
         let mut messages = None;
-        let mut inflight: Option<JoinHandle<Result<(), EngineError>>> = None;
+        // One batch at a time on each replica.
+        let replicas = self.shared.engine.info().replicas.max(1);
+        let mut inflight: JoinSet<Result<(), EngineError>> = JoinSet::new();
         let mut draining = false;
         let mut drain_deadline = Instant::now();
         let mut restart_delay = Duration::from_millis(100);
         let mut restart_at = Instant::now();
         loop {
             let now = Instant::now();
-            let wake = match self.gather.next(inflight.is_none(), draining, now) {
+            let wake = match self.gather.next(inflight.len() < replicas, draining, now) {
                 Next::Dispatch(n) => {
                     let batch = self.gather.take(n);
-                    inflight = Some(tokio::spawn(run_batch(self.shared.clone(), batch)));
+                    inflight.spawn(run_batch(self.shared.clone(), batch));
                     continue;
                 }
                 Next::WaitUntil(t) => Some(t),
                 Next::Idle => None,
             };
-            if draining && inflight.is_none() && self.gather.is_empty() {
+            if draining && inflight.is_empty() && self.gather.is_empty() {
                 return Ok(());
             }
             if messages.is_none() && !draining && now >= restart_at {
@@ -151,7 +153,7 @@ impl Batcher {
             let restart = (messages.is_none() && !draining).then_some(restart_at);
             tokio::select! {
                 _ = shutdown.cancelled(), if !draining => {
-                    tracing::info!(queued = self.gather.len(), running = inflight.is_some(),
+                    tracing::info!(queued = self.gather.len(), running = inflight.len(),
                         "stopping: no more pulls; finishing the batches held");
                     draining = true;
                     drain_deadline = Instant::now() + grace;
@@ -159,14 +161,12 @@ impl Batcher {
                     // consumer's ack wait.
                     messages = None;
                 }
-                done = async { match inflight.as_mut() {
-                    Some(handle) => handle.await,
-                    None => std::future::pending().await,
-                } } => {
-                    inflight = None;
+                Some(done) = inflight.join_next(), if !inflight.is_empty() => {
                     match done {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => {
+                            // The other batches running finish (or are redelivered) on their own.
+                            inflight.detach_all();
                             self.abandon().await;
                             bail!("{e}");
                         }
@@ -194,6 +194,7 @@ impl Batcher {
                 _ = tokio::time::sleep_until(wake.unwrap_or(far).into()), if wake.is_some() => {}
                 _ = tokio::time::sleep_until(restart.unwrap_or(far).into()), if restart.is_some() => {}
                 _ = tokio::time::sleep_until(drain_deadline.into()), if draining => {
+                    inflight.detach_all();
                     self.abandon().await;
                     bail!("shutdown grace period over with a batch still running");
                 }

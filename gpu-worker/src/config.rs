@@ -1,6 +1,7 @@
 //! Command line and environment of the gpu-worker tier; every option has an environment variable.
-//! The batching defaults depend on the device, so they are resolved once the engine thread knows
-//! whether CUDA is there ([`Config::max_batch_for`], [`Config::max_batch_delay_for`]).
+//! The batching and engine defaults depend on the device, so they are resolved once it is known
+//! whether CUDA is there ([`Config::max_batch_for`], [`Config::max_batch_delay_for`],
+//! [`Config::engines_for`]).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -89,11 +90,17 @@ pub struct Config {
     #[arg(long, env = "GPU_WORKER_MAX_BATCH",
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_batch: Option<u32>,
-    /// Longest wait for a fuller batch when the engine is free, in ms; default 5 on CPU, 2 on CUDA.
+    /// Longest wait for a fuller batch when an engine is free, in ms; default 5 on CPU, 2 on CUDA.
     #[arg(long, env = "GPU_WORKER_MAX_BATCH_DELAY_MS",
           value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub max_batch_delay_ms: Option<u64>,
-    /// Threads libtorch uses within one operation on CPU; default: the number of cores.
+    /// Model replicas in this process (engines), each on a thread of its own running one batch
+    /// at a time; default 1 on CUDA, one per core on CPU.
+    #[arg(long, env = "GPU_WORKER_ENGINES",
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub engines: Option<u32>,
+    /// Threads libtorch uses within one operation, per engine, on CPU; default: the cores shared
+    /// out among the engines (1 with the CPU default of one engine per core).
     #[arg(long, env = "GPU_WORKER_INTRA_OP_THREADS",
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub intra_op_threads: Option<u32>,
@@ -116,6 +123,16 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
+}
+
+/// Engines when not set: 1 on CUDA, one per core on CPU.
+pub fn default_engines(cuda: bool) -> usize {
+    if cuda { 1 } else { default_threads() }
+}
+
+/// Intra-op threads of each of `engines` engines when not set: the cores shared out, at least 1.
+pub fn default_intra_op_threads(engines: usize) -> usize {
+    (default_threads() / engines.max(1)).max(1)
 }
 
 impl Config {
@@ -148,10 +165,17 @@ impl Config {
         })
     }
 
-    /// Intra-op threads: the option, else the number of cores.
-    pub fn intra_op_threads(&self) -> usize {
+    /// Engines on `device`: the option, else [`default_engines`].
+    pub fn engines_for(&self, cuda: bool) -> usize {
+        self.engines
+            .map_or_else(|| default_engines(cuda), |n| n as usize)
+    }
+
+    /// Intra-op threads of each of `engines` engines: the option, else
+    /// [`default_intra_op_threads`].
+    pub fn intra_op_threads_for(&self, engines: usize) -> usize {
         self.intra_op_threads
-            .map_or_else(default_threads, |n| n as usize)
+            .map_or_else(|| default_intra_op_threads(engines), |n| n as usize)
     }
 }
 
@@ -177,6 +201,16 @@ mod tests {
         assert_eq!(c.max_batch_delay_for(false), Duration::from_millis(5));
         assert_eq!(c.max_batch_delay_for(true), Duration::from_millis(2));
         assert_eq!(c.warmup_batches, 2);
+        assert_eq!(
+            (c.engines_for(true), c.engines_for(false)),
+            (1, default_threads())
+        );
+        assert_eq!(c.intra_op_threads_for(1), default_threads());
+        assert_eq!(c.intra_op_threads_for(default_threads()), 1);
+        assert_eq!(c.intra_op_threads_for(10_000), 1);
+        let c = Config::parse_from(["w", "--engines", "3", "--intra-op-threads", "2"]);
+        assert_eq!((c.engines_for(true), c.intra_op_threads_for(3)), (3, 2));
+        assert!(Config::try_parse_from(["w", "--engines", "0"]).is_err());
         let c = Config::parse_from([
             "w",
             "--device",

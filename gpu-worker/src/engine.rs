@@ -1,28 +1,41 @@
-//! The engine thread: a plain `std::thread` that resolves the device, loads and warms up the
-//! [`Model`], then runs the batches the async side sends it over a bounded channel, answering
-//! each on a oneshot. libtorch is only ever called from this thread.
+//! The engine threads: plain `std::thread`s that each load and warm up a replica of the
+//! [`Model`], then take the batches the async side sends over one bounded channel, whichever
+//! thread is free first, answering each on a oneshot. libtorch is only ever called from these
+//! threads (and once, to see whether CUDA is there, on the blocking pool).
+//!
+//! One replica is the default on CUDA (the GPU runs one batch at a time anyway). On CPU the
+//! default is one replica per core with one intra-op thread each: EfficientNet-Lite0's small
+//! convolutions keep one thread busy but split badly across several, so two single-threaded
+//! replicas on two cores ran 1.5x the images of one replica with two threads (BENCHMARKS.md).
 
 use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, ensure};
+use anyhow::{Context, anyhow, bail, ensure};
 use protocol::manifest::Manifest;
 use tch::Device;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{DEFAULT_MAX_BATCH_CPU, DEFAULT_MAX_BATCH_CUDA, DeviceChoice};
+use crate::config::{
+    DEFAULT_MAX_BATCH_CPU, DEFAULT_MAX_BATCH_CUDA, DeviceChoice, default_engines,
+    default_intra_op_threads,
+};
 use crate::model::Model;
 
-/// What the engine thread needs to start.
+/// What the engine threads need to start.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     pub manifest: Manifest,
     pub device: DeviceChoice,
     /// fp16 on CUDA; ignored on CPU.
     pub half: bool,
-    /// libtorch's intra-op threads.
-    pub intra_op_threads: usize,
+    /// Model replicas, each on a thread of its own; `None`: 1 on CUDA, one per core on CPU.
+    pub replicas: Option<usize>,
+    /// libtorch's intra-op threads, per replica; `None`: the cores shared out among the replicas
+    /// (at least 1).
+    pub intra_op_threads: Option<usize>,
     /// The largest batch; `None`: the device's default.
     pub max_batch: Option<usize>,
     /// Warm-up runs at each of batch sizes 1 and `max_batch`.
@@ -34,6 +47,10 @@ pub struct EngineOptions {
 pub struct EngineInfo {
     pub device: Device,
     pub precision: &'static str,
+    /// Replicas of the model, each running one batch at a time.
+    pub replicas: usize,
+    /// Intra-op threads of each replica.
+    pub intra_op_threads: usize,
     pub max_batch: usize,
     pub image_len: usize,
     pub classes: usize,
@@ -57,8 +74,8 @@ pub enum EngineError {
     /// The model failed on this batch; the engine goes on.
     #[error("inference failed: {0}")]
     Failed(String),
-    /// The engine thread is gone; nothing more can run.
-    #[error("the engine thread has stopped")]
+    /// The engine threads are gone; nothing more can run.
+    #[error("the engine threads have stopped")]
     Gone,
 }
 
@@ -68,52 +85,102 @@ struct Job {
     reply: oneshot::Sender<Result<BatchOutput, String>>,
 }
 
-/// The async side's handle on the engine thread; cheap to clone. The thread ends when every
-/// handle is dropped (after the batch it is running).
+/// The jobs channel's receiving end, shared by the engine threads: the one holding the lock
+/// waits for the next job, the others wait for the lock.
+type Jobs = Arc<Mutex<mpsc::Receiver<Job>>>;
+
+/// The async side's handle on the engine threads; cheap to clone. The threads end when every
+/// handle is dropped (each after the batch it is running).
 #[derive(Clone)]
 pub struct Engine {
     jobs: mpsc::Sender<Job>,
     info: EngineInfo,
 }
 
-impl Engine {
-    /// Starts the engine thread and waits (without blocking the runtime) until the model is
-    /// loaded and warmed up. Returns the handle and the thread, to join after dropping every handle.
-    pub async fn start(options: EngineOptions) -> anyhow::Result<(Engine, JoinHandle<()>)> {
-        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(1);
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let thread = std::thread::Builder::new()
-            .name("engine".into())
-            .spawn(move || match prepare(&options) {
-                Ok((model, info)) => {
-                    let _ = ready_tx.send(Ok(info));
-                    serve(&model, jobs_rx);
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                }
-            })
-            .context("cannot spawn the engine thread")?;
-        match ready_rx.await {
-            Ok(Ok(info)) => Ok((
-                Engine {
-                    jobs: jobs_tx,
-                    info,
-                },
-                thread,
-            )),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(anyhow!(
-                "the engine thread panicked while loading the model"
-            )),
+/// The engine threads, to join once every [`Engine`] handle is dropped.
+#[derive(Debug)]
+pub struct EngineThreads(Vec<JoinHandle<()>>);
+
+impl EngineThreads {
+    /// Waits for every engine thread; `Err` if one of them panicked.
+    pub fn join(self) -> std::thread::Result<()> {
+        let mut result = Ok(());
+        for thread in self.0 {
+            if let Err(panic) = thread.join() {
+                result = Err(panic);
+            }
         }
+        result
+    }
+}
+
+impl Engine {
+    /// Starts the engine threads and waits (without blocking the runtime) until every replica is
+    /// loaded and warmed up. Returns the handle and the threads, to join after dropping every
+    /// handle.
+    pub async fn start(options: EngineOptions) -> anyhow::Result<(Engine, EngineThreads)> {
+        let choice = options.device;
+        let device = tokio::task::spawn_blocking(move || resolve_device(choice))
+            .await
+            .context("the device check panicked")??;
+        let replicas = options
+            .replicas
+            .unwrap_or_else(|| default_engines(device.is_cuda()))
+            .max(1);
+        let threads = options
+            .intra_op_threads
+            .unwrap_or_else(|| default_intra_op_threads(replicas))
+            .max(1);
+        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(replicas);
+        let jobs: Jobs = Arc::new(Mutex::new(jobs_rx));
+        let mut handles = Vec::with_capacity(replicas);
+        let mut readies = Vec::with_capacity(replicas);
+        for index in 0..replicas {
+            let (ready_tx, ready_rx) = oneshot::channel();
+            let (options, jobs) = (options.clone(), jobs.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("engine-{index}"))
+                .spawn(
+                    move || match prepare(&options, device, replicas, threads, index) {
+                        Ok((model, info)) => {
+                            let _ = ready_tx.send(Ok(info));
+                            serve(&model, &jobs);
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    },
+                );
+            match spawned {
+                Ok(handle) => handles.push(handle),
+                // The threads already started see the channel close and end.
+                Err(e) => return Err(anyhow!(e).context("cannot spawn an engine thread")),
+            }
+            readies.push(ready_rx);
+        }
+        let mut info = None;
+        for ready in readies {
+            match ready.await {
+                Ok(Ok(i)) => info = Some(i),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => bail!("an engine thread panicked while loading the model"),
+            }
+        }
+        let info = info.context("no engine thread started")?;
+        Ok((
+            Engine {
+                jobs: jobs_tx,
+                info,
+            },
+            EngineThreads(handles),
+        ))
     }
 
     pub fn info(&self) -> &EngineInfo {
         &self.info
     }
 
-    /// Runs `n` images laid out one after the other in `data`.
+    /// Runs `n` images laid out one after the other in `data`, on the first free replica.
     pub async fn run(&self, data: Vec<u8>, n: usize) -> Result<BatchOutput, EngineError> {
         let (reply, result) = oneshot::channel();
         self.jobs
@@ -142,10 +209,16 @@ fn resolve_device(choice: DeviceChoice) -> anyhow::Result<Device> {
     })
 }
 
-/// On the engine thread: device, threads, model, warm-up.
-fn prepare(options: &EngineOptions) -> anyhow::Result<(Model, EngineInfo)> {
-    let device = resolve_device(options.device)?;
-    tch::set_num_threads(i32::try_from(options.intra_op_threads.max(1)).unwrap_or(i32::MAX));
+/// On an engine thread: threads, model, warm-up. Replica `index` of `replicas`.
+fn prepare(
+    options: &EngineOptions,
+    device: Device,
+    replicas: usize,
+    threads: usize,
+    index: usize,
+) -> anyhow::Result<(Model, EngineInfo)> {
+    // Per thread: OpenMP's thread count is a setting of the calling thread.
+    tch::set_num_threads(i32::try_from(threads).unwrap_or(i32::MAX));
     let started = Instant::now();
     let model = Model::load(&options.manifest, device, options.half)?;
     let max_batch = options.max_batch.unwrap_or(if device.is_cuda() {
@@ -157,7 +230,9 @@ fn prepare(options: &EngineOptions) -> anyhow::Result<(Model, EngineInfo)> {
         device = ?device,
         precision = model.precision(),
         half_requested = options.half,
-        intra_op_threads = options.intra_op_threads,
+        replica = index,
+        replicas,
+        intra_op_threads = threads,
         max_batch,
         model = %options.manifest.model_path().display(),
         load_ms = started.elapsed().as_millis() as u64,
@@ -184,6 +259,8 @@ fn prepare(options: &EngineOptions) -> anyhow::Result<(Model, EngineInfo)> {
     let info = EngineInfo {
         device,
         precision: model.precision(),
+        replicas,
+        intra_op_threads: threads,
         max_batch,
         image_len: model.image_len(),
         classes: model.classes(),
@@ -191,9 +268,15 @@ fn prepare(options: &EngineOptions) -> anyhow::Result<(Model, EngineInfo)> {
     Ok((model, info))
 }
 
-/// On the engine thread: runs jobs until every sender is dropped.
-fn serve(model: &Model, mut jobs: mpsc::Receiver<Job>) {
-    while let Some(job) = jobs.blocking_recv() {
+/// On an engine thread: runs jobs until every sender is dropped.
+fn serve(model: &Model, jobs: &Jobs) {
+    loop {
+        // The lock is held only while waiting for a job, never while running one.
+        let job = jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .blocking_recv();
+        let Some(job) = job else { break };
         let started = Instant::now();
         // A panic in a binding must fail the batch, not take the engine down.
         let result =
@@ -226,15 +309,16 @@ mod tests {
     use super::*;
     use crate::testing::tiny_model;
 
-    #[tokio::test]
-    async fn engine_thread_runs_batches_and_reports_bad_ones() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn engine_threads_run_batches_and_report_bad_ones() {
         let dir = tiny_model();
         let manifest = Manifest::load(dir.path().join("manifest.json")).expect("manifest");
-        let (engine, thread) = Engine::start(EngineOptions {
+        let (engine, threads) = Engine::start(EngineOptions {
             manifest,
             device: DeviceChoice::Cpu,
             half: false,
-            intra_op_threads: 1,
+            replicas: Some(2),
+            intra_op_threads: Some(1),
             max_batch: None,
             warmup_batches: 1,
         })
@@ -242,22 +326,64 @@ mod tests {
         .expect("engine starts");
         let info = engine.info().clone();
         assert_eq!(
-            (info.device, info.max_batch, info.classes),
-            (Device::Cpu, 4, 10)
+            (info.device, info.replicas, info.intra_op_threads),
+            (Device::Cpu, 2, 1)
         );
+        assert_eq!((info.max_batch, info.classes), (4, 10));
         let out = engine
             .run(vec![3; 2 * info.image_len], 2)
             .await
             .expect("batch");
         assert_eq!(out.logits.len(), 2);
         assert_eq!(out.logits[0], out.logits[1]);
+        // More batches at once than replicas: every one is answered, with its own result.
+        let runs = (0..8u8).map(|i| {
+            let engine = engine.clone();
+            let image_len = info.image_len;
+            async move { engine.run(vec![i * 30; image_len], 1).await }
+        });
+        let outs = futures::future::join_all(runs).await;
+        for (i, out) in outs.iter().enumerate() {
+            let single = engine
+                .run(vec![i as u8 * 30; info.image_len], 1)
+                .await
+                .expect("batch");
+            assert_eq!(out.as_ref().expect("batch").logits, single.logits, "{i}");
+        }
         let err = engine.run(vec![3; 5], 1).await.unwrap_err();
         assert!(matches!(err, EngineError::Failed(_)), "{err}");
         drop(engine);
-        tokio::task::spawn_blocking(move || thread.join())
+        tokio::task::spawn_blocking(move || threads.join())
             .await
             .expect("join task")
-            .expect("engine thread exits cleanly");
+            .expect("engine threads exit cleanly");
+    }
+
+    #[tokio::test]
+    async fn replicas_and_threads_default_to_the_cores_on_cpu() {
+        let dir = tiny_model();
+        let manifest = Manifest::load(dir.path().join("manifest.json")).expect("manifest");
+        let (engine, threads) = Engine::start(EngineOptions {
+            manifest,
+            device: DeviceChoice::Cpu,
+            half: false,
+            replicas: None,
+            intra_op_threads: None,
+            max_batch: Some(2),
+            warmup_batches: 0,
+        })
+        .await
+        .expect("engine starts");
+        let info = engine.info().clone();
+        assert_eq!(
+            (info.replicas, info.intra_op_threads),
+            (crate::config::default_threads(), 1)
+        );
+        drop(engine);
+        tokio::task::spawn_blocking(move || threads.join())
+            .await
+            .expect("join task")
+            .expect("engine threads exit cleanly");
     }
 
     #[tokio::test]
@@ -268,7 +394,8 @@ mod tests {
             manifest,
             device: DeviceChoice::Cuda(64),
             half: false,
-            intra_op_threads: 1,
+            replicas: None,
+            intra_op_threads: Some(1),
             max_batch: Some(2),
             warmup_batches: 0,
         })

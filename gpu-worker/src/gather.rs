@@ -1,7 +1,7 @@
 //! The batching policy, free of NATS and libtorch: which queued items make the next batch, and
 //! when.
 //!
-//! Items queue up in arrival order while the engine works. When the engine is free:
+//! Items queue up in arrival order while the engines work. When an engine is free:
 //! - `max_batch` or more are queued: the first `max_batch` go at once;
 //! - fewer: they go when the oldest has waited `max_delay` (at once if it already has, e.g. it
 //!   arrived while the previous batch ran), or as soon as the batch fills up;

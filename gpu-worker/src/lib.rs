@@ -3,14 +3,14 @@
 //!
 //! - [`config`]: command line and environment ([`Config`]);
 //! - [`model`]: the checked TorchScript model ([`Model`]), usable on its own (tests, benchmarks);
-//! - [`engine`]: the thread that owns the model; the async side sends it batches;
+//! - [`engine`]: the threads that own the model's replicas; the async side sends them batches;
 //! - [`gather`]: the batching policy; [`batcher`]: the pull-batch-answer loop;
 //! - [`reply`]: replies over core NATS and acks; [`metrics`]: Prometheus metrics;
 //!   [`device_memory`]: the CUDA memory gauge, from NVML;
 //! - [`testing`]: exports the tiny test model (needs Python with torch).
 //!
 //! [`run`] ties them together: health server first, then the model (loaded and warmed up on the
-//! engine thread) and NATS side by side, ready when all three are; on shutdown it stops pulling,
+//! engine threads) and NATS side by side, ready when all three are; on shutdown it stops pulling,
 //! finishes the batches it holds and returns.
 
 pub mod batcher;
@@ -116,7 +116,8 @@ pub async fn run(
         manifest: manifest.clone(),
         device: config.device,
         half: config.half,
-        intra_op_threads: config.intra_op_threads(),
+        replicas: config.engines.map(|n| n as usize),
+        intra_op_threads: config.intra_op_threads.map(|n| n as usize),
         max_batch: config.max_batch.map(|n| n as usize),
         warmup_batches: config.warmup_batches as usize,
     });
@@ -128,7 +129,7 @@ pub async fn run(
         anyhow::Ok((client, consumer))
     };
     // A model that cannot load fails at once, whatever NATS is doing.
-    let ((engine, engine_thread), (client, consumer)) = tokio::select! {
+    let ((engine, engine_threads), (client, consumer)) = tokio::select! {
         both = async { tokio::try_join!(engine, nats) } => both?,
         _ = token.cancelled() => {
             tracing::info!("shut down while starting");
@@ -147,7 +148,8 @@ pub async fn run(
     }
     let max_delay = config.max_batch_delay_for(info.is_cuda());
     tracing::info!(
-        device = ?info.device, precision = info.precision, max_batch = info.max_batch,
+        device = ?info.device, precision = info.precision, engines = info.replicas,
+        intra_op_threads = info.intra_op_threads, max_batch = info.max_batch,
         max_batch_delay_ms = max_delay.as_millis() as u64, "ready to serve"
     );
     let responder = Responder::new(
@@ -183,11 +185,11 @@ pub async fn run(
     if let Err(e) = client.flush().await {
         tracing::warn!(error = %e, "cannot flush NATS on shutdown");
     }
-    // The batcher held the last engine handle: the thread ends after its batch.
+    // The batcher held the last engine handle: each thread ends after its batch.
     if result.is_ok() {
-        match tokio::task::spawn_blocking(move || engine_thread.join()).await {
+        match tokio::task::spawn_blocking(move || engine_threads.join()).await {
             Ok(Ok(())) => {}
-            _ => tracing::error!("the engine thread panicked"),
+            _ => tracing::error!("an engine thread panicked"),
         }
     }
     tracing::info!("gpu-worker stopped");

@@ -235,6 +235,8 @@ async fn in_progress_acks_keep_a_long_batch_from_being_redelivered() {
             "64",
             "--max-batch-delay-ms",
             "10000",
+            "--engines",
+            "1",
             "--intra-op-threads",
             "1",
             "--warmup-batches",

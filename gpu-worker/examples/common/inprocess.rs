@@ -11,6 +11,8 @@ use clothesline_gpu_worker::Model;
 pub struct Throughput {
     pub batch: usize,
     pub times: Vec<Duration>,
+    /// Replicas that ran side by side, each for about the same time, their runs all in `times`.
+    pub replicas: usize,
 }
 
 impl Throughput {
@@ -25,15 +27,16 @@ impl Throughput {
         t.get(t.len() / 2).copied().unwrap_or_default()
     }
 
-    /// Images run divided by the total time of the timed runs: what a busy server sustains.
+    /// Images run divided by the total time of the timed runs: what a busy server sustains (with
+    /// replicas side by side, each adds its own rate).
     pub fn images_per_s(&self) -> f64 {
         let total: Duration = self.times.iter().sum();
-        (self.runs() * self.batch) as f64 / total.as_secs_f64()
+        (self.runs() * self.batch * self.replicas.max(1)) as f64 / total.as_secs_f64()
     }
 
-    /// Adds the runs of another measurement at the same batch size.
+    /// Adds the runs of another measurement at the same batch size (and replicas).
     pub fn merge(&mut self, other: &Throughput) {
-        debug_assert_eq!(self.batch, other.batch);
+        debug_assert_eq!((self.batch, self.replicas), (other.batch, other.replicas));
         self.times.extend_from_slice(&other.times);
     }
 
@@ -81,5 +84,48 @@ pub fn measure(model: &Model, n: usize, plan: Plan) -> anyhow::Result<Throughput
         model.run_batch(&data, n)?;
         times.push(t.elapsed());
     }
-    Ok(Throughput { batch: n, times })
+    Ok(Throughput {
+        batch: n,
+        times,
+        replicas: 1,
+    })
+}
+
+/// [`measure`] on each of `models` at once, each on a thread of its own with `threads` intra-op
+/// threads (as the worker's engines run): one [`Throughput`] of all their runs.
+pub fn measure_replicas(
+    models: &[Model],
+    threads: i32,
+    n: usize,
+    plan: Plan,
+) -> anyhow::Result<Throughput> {
+    let each: Vec<anyhow::Result<Throughput>> = std::thread::scope(|s| {
+        let handles: Vec<_> = models
+            .iter()
+            .map(|model| {
+                s.spawn(move || {
+                    tch::set_num_threads(threads);
+                    measure(model, n, plan)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a replica's run panicked")))
+            })
+            .collect()
+    });
+    let mut all: Option<Throughput> = None;
+    for t in each {
+        let t = t?;
+        match all.as_mut() {
+            Some(a) => a.times.extend_from_slice(&t.times),
+            None => all = Some(t),
+        }
+    }
+    let mut all = all.ok_or_else(|| anyhow::anyhow!("no replicas"))?;
+    all.replicas = models.len();
+    Ok(all)
 }

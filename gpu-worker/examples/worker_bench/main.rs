@@ -147,11 +147,15 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok((js, replies))
     })?;
 
-    // In-process with the worker's intra-op threads (it sets the same when it starts).
-    let threads = i32::try_from(config.intra_op_threads()).unwrap_or(i32::MAX);
+    // In-process with the worker's engines and intra-op threads (it sets the same when it starts):
+    // each replica on a thread of its own, all at once, like the worker's engines.
+    let engines = config.engines_for(cuda);
+    let threads = i32::try_from(config.intra_op_threads_for(engines)).unwrap_or(i32::MAX);
     tch::set_num_threads(threads);
-    let model = Model::load(&manifest, device, args.half)?;
-    report.precision = model.precision();
+    let models = (0..engines)
+        .map(|_| Model::load(&manifest, device, args.half))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    report.precision = models[0].precision();
     let timeout = Duration::from_secs(args.timeout_s);
     for r in 0..rounds {
         let took = rt.block_on(stream::publish(&js, &manifest, n, &reply_to))?;
@@ -160,24 +164,20 @@ fn main() -> anyhow::Result<()> {
             r + 1
         );
         let worker_first = r % 2 == 1;
-        // On a thread of its own, as the worker's engine runs, with the same intra-op threads.
-        let sweep = |model: &Model| -> anyhow::Result<Vec<Throughput>> {
-            std::thread::scope(|s| {
-                s.spawn(|| {
-                    tch::set_num_threads(threads);
-                    let mut table = Vec::new();
-                    for &size in &sizes {
-                        let t = inprocess::measure(model, size, plan)?;
-                        eprintln!("worker_bench: round {}: in-process {}", r + 1, t.row());
-                        table.push(t);
-                    }
-                    Ok(table)
-                })
-                .join()
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("the in-process sweep panicked")))
-            })
+        let sweep = |models: &[Model]| -> anyhow::Result<Vec<Throughput>> {
+            let mut table = Vec::new();
+            for &size in &sizes {
+                let t = inprocess::measure_replicas(models, threads, size, plan)?;
+                eprintln!("worker_bench: round {}: in-process {}", r + 1, t.row());
+                table.push(t);
+            }
+            Ok(table)
         };
-        let mut table = if worker_first { vec![] } else { sweep(&model)? };
+        let mut table = if worker_first {
+            vec![]
+        } else {
+            sweep(&models)?
+        };
         let drained = rt.block_on(drain::drain(config.clone(), &mut replies, n, timeout))?;
         eprintln!(
             "worker_bench: round {}: worker {:.1} images/s, {drained:?}",
@@ -186,7 +186,7 @@ fn main() -> anyhow::Result<()> {
         );
         ensure!(drained.errors == 0, "{} error replies", drained.errors);
         if worker_first {
-            table = sweep(&model)?;
+            table = sweep(&models)?;
         }
         report.rounds.push(Round {
             worker_first,
@@ -194,7 +194,7 @@ fn main() -> anyhow::Result<()> {
             worker: drained,
         });
     }
-    drop(model);
+    drop(models);
 
     let md = report.markdown();
     print!("{md}");

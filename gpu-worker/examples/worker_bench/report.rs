@@ -26,6 +26,7 @@ pub struct Report {
     device: String,
     pub precision: &'static str,
     pub nats_version: String,
+    engines: usize,
     threads: usize,
     max_batch: usize,
     max_delay: Duration,
@@ -57,7 +58,8 @@ impl Report {
             device: config.device.to_string(),
             precision: "fp32",
             nats_version: String::new(),
-            threads: config.intra_op_threads(),
+            engines: config.engines_for(cuda),
+            threads: config.intra_op_threads_for(config.engines_for(cuda)),
             max_batch: config.max_batch_for(cuda),
             max_delay: config.max_batch_delay_for(cuda),
             worker_args: args.worker_args.clone(),
@@ -140,8 +142,8 @@ impl Report {
         )?;
         writeln!(
             w,
-            "- Model: {}; {} intra-op threads in-process and in the worker; {}",
-            self.model, self.threads, self.nats_version
+            "- Model: {}; {} engine(s) of {} intra-op thread(s) each, in-process and in the worker; {}",
+            self.model, self.engines, self.threads, self.nats_version
         )?;
         writeln!(
             w,
@@ -150,7 +152,7 @@ impl Report {
         )?;
         writeln!(
             w,
-            "- {} rounds; each runs the model in-process at every batch size (`Model::run_batch` back to back on a thread of its own, like the engine's, at least {:?} and {} runs per size after {} warm-up runs) and the worker draining {} pre-filled tensors, in turn first; the figures add up over the rounds.\n",
+            "- {} rounds; each runs the model in-process at every batch size (`Model::run_batch` back to back, each replica on a thread of its own and all at once, like the worker's engines; at least {:?} and {} runs per size after {} warm-up runs) and the worker draining {} pre-filled tensors, in turn first; the figures add up over the rounds.\n",
             self.rounds.len(),
             self.plan.min_time,
             self.plan.min_runs,
