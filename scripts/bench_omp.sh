@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The model on CPU when its cores are shared: gpu-worker's model_bench (in process, images/s at
 # batch 1 and 4) with libtorch's OpenMP threads spinning (libgomp's default) or sleeping
-# (OMP_WAIT_POLICY=PASSIVE, what the gpu-worker sets unless told otherwise), at 2 threads and 1,
+# (OMP_WAIT_POLICY=PASSIVE), one replica at 2 threads and at 1,
 # on an idle machine and with one core kept busy by another process (a shell loop). Writes the
 # `gpu-worker-cpu-sharing` section of BENCHMARKS.md.
 set -euo pipefail
@@ -17,7 +17,7 @@ OUT=$(mktemp -d -t clothesline-omp.XXXXXX)
 bench() {
   local env=()
   [ "$2" = default ] || env=(OMP_WAIT_POLICY="$2")
-  env "${env[@]}" "$BENCH" --device cpu --threads "$3" --batch-sizes 1,4 --runs 10 --warmup 2 \
+  env "${env[@]}" "$BENCH" --device cpu --engines 1 --threads "$3" --batch-sizes 1,4 --runs 10 --warmup 2 \
     >"$OUT/$1.txt" 2>&1
   awk -F'|' '/^\| *[14] \|/ {gsub(/ /, "", $6); printf "%s ", $6}' "$OUT/$1.txt"
 }
@@ -47,7 +47,7 @@ done
   echo "|---|---|---:|---:|---:|"
   printf '%s\n' "${rows[@]}"
   echo
-  echo "libgomp's default lets idle threads spin between the model's parallel regions; when one of them loses its core to another process, every region waits for it (here 9-18 images/s instead of 53-58). \`OMP_WAIT_POLICY=PASSIVE\` avoids the collapse but costs a lot on an idle machine (30-40 instead of 53-58); one intra-op thread is nearly as fast as two when idle at batch 1 and degrades least when the core is shared. The gpu-worker keeps libtorch's defaults (the fastest on a machine of its own, and what the pipeline benchmark measures) and logs the policy in effect; where its cores are shared (other tiers on the same CPU, a CPU limit in Kubernetes), run it with \`--intra-op-threads 1\` or \`OMP_WAIT_POLICY=PASSIVE\`."
+  echo "libgomp's default lets idle threads spin between the model's parallel regions; when one of them loses its core to another process, every region waits for it (here 9-18 images/s instead of 53-58). \`OMP_WAIT_POLICY=PASSIVE\` avoids the collapse but costs a lot on an idle machine (30-40 instead of 53-58); one intra-op thread is nearly as fast as two when idle at batch 1 and degrades least when the core is shared. On CPU the gpu-worker now runs one single-threaded engine per core by default (section gpu-worker-engines), which sidesteps this; it logs the policy in effect, and where one engine uses several threads (\`--engines 1\`) on shared cores (other tiers on the same CPU, a CPU limit in Kubernetes), run it with \`OMP_WAIT_POLICY=PASSIVE\`."
 } >"$OUT/section.md"
 cat "$OUT/section.md"
 python3 scripts/bench_section.py gpu-worker-cpu-sharing "$OUT/section.md"

@@ -1,5 +1,7 @@
 //! Model throughput: loads a manifest's model and measures images/s at batch sizes 1, 2, 4, 8, 16
 //! (warm-up, then at least N timed runs; see `common/inprocess.rs`), printed as a markdown table.
+//! Like the worker, it runs one replica per core with one thread each on CPU by default
+//! (`--engines`, `--threads`), all replicas at once, and adds up their images/s.
 //! A benchmark, not a test: run it with a release build on the machine of interest, e.g.
 //!
 //! ```text
@@ -17,7 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use clothesline_gpu_worker::{DeviceChoice, Model};
+use clothesline_gpu_worker::{DeviceChoice, Model, config};
 use protocol::Manifest;
 use tch::Device;
 
@@ -42,9 +44,13 @@ struct Args {
     /// Untimed runs per batch size first.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
-    /// Intra-op threads (CPU); default: libtorch's own.
+    /// Model replicas run side by side, each on a thread of its own; default: the worker's
+    /// (1 on CUDA, one per core on CPU).
     #[arg(long)]
-    threads: Option<i32>,
+    engines: Option<usize>,
+    /// Intra-op threads of each replica (CPU); default: the worker's (the cores shared out).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Batch sizes, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
     batch_sizes: Vec<usize>,
@@ -58,17 +64,24 @@ fn main() -> anyhow::Result<()> {
         DeviceChoice::Cpu => Device::Cpu,
         DeviceChoice::Cuda(n) => Device::Cuda(n),
     };
-    if let Some(n) = args.threads {
-        tch::set_num_threads(n);
-    }
-    let model = Model::load(&manifest, device, args.half)?;
+    let engines = args
+        .engines
+        .unwrap_or_else(|| config::default_engines(device.is_cuda()))
+        .max(1);
+    let threads = args
+        .threads
+        .unwrap_or_else(|| config::default_intra_op_threads(engines));
+    let threads = i32::try_from(threads).unwrap_or(i32::MAX);
+    tch::set_num_threads(threads);
+    let models = (0..engines)
+        .map(|_| Model::load(&manifest, device, args.half))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     println!(
-        "model {} {} ({}), device {device:?}, {}, {} intra-op threads, at least {} timed runs after {} warm-up runs\n",
+        "model {} {} ({}), device {device:?}, {}, {engines} replica(s) of {threads} intra-op thread(s) side by side, at least {} timed runs after {} warm-up runs\n",
         manifest.name,
         manifest.version,
         manifest.model_path().display(),
-        model.precision(),
-        tch::get_num_threads(),
+        models[0].precision(),
         args.runs,
         args.warmup,
     );
@@ -79,7 +92,10 @@ fn main() -> anyhow::Result<()> {
         min_time: Duration::from_secs_f64(args.min_seconds.max(0.0)),
     };
     for &n in &args.batch_sizes {
-        println!("{}", inprocess::measure(&model, n, plan)?.row());
+        println!(
+            "{}",
+            inprocess::measure_replicas(&models, threads, n, plan)?.row()
+        );
     }
     Ok(())
 }
