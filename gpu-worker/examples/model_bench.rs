@@ -51,6 +51,9 @@ struct Args {
     /// Intra-op threads of each replica (CPU); default: the worker's (the cores shared out).
     #[arg(long)]
     threads: Option<usize>,
+    /// Leave glibc's malloc settings alone (the worker tunes them: see `malloc.rs`).
+    #[arg(long)]
+    no_malloc_tuning: bool,
     /// Batch sizes, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
     batch_sizes: Vec<usize>,
@@ -58,6 +61,8 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let malloc_tuned =
+        !args.no_malloc_tuning && clothesline_gpu_worker::malloc::keep_freed_memory();
     let manifest = Manifest::load(&args.manifest)?;
     let device = match args.device {
         DeviceChoice::Auto => Device::cuda_if_available(),
@@ -77,7 +82,7 @@ fn main() -> anyhow::Result<()> {
         .map(|_| Model::load(&manifest, device, args.half))
         .collect::<anyhow::Result<Vec<_>>>()?;
     println!(
-        "model {} {} ({}), device {device:?}, {}, {engines} replica(s) of {threads} intra-op thread(s) side by side, at least {} timed runs after {} warm-up runs\n",
+        "model {} {} ({}), device {device:?}, {}, {engines} replica(s) of {threads} intra-op thread(s) side by side, malloc tuned: {malloc_tuned}, at least {} timed runs after {} warm-up runs\n",
         manifest.name,
         manifest.version,
         manifest.model_path().display(),

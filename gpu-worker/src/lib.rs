@@ -6,6 +6,7 @@
 //! - [`engine`]: the threads that own the model's replicas; the async side sends them batches;
 //! - [`gather`]: the batching policy; [`batcher`]: the pull-batch-answer loop;
 //! - [`reply`]: replies over core NATS and acks; [`metrics`]: Prometheus metrics;
+//! - [`malloc`]: glibc settings that keep the model's freed memory for the next batch;
 //!   [`device_memory`]: the CUDA memory gauge, from NVML;
 //! - [`testing`]: exports the tiny test model (needs Python with torch).
 //!
@@ -18,6 +19,7 @@ pub mod config;
 pub mod device_memory;
 pub mod engine;
 pub mod gather;
+pub mod malloc;
 pub mod metrics;
 pub mod model;
 pub mod reply;

@@ -4,11 +4,20 @@ use clap::Parser;
 use clothesline_gpu_worker::{Config, run};
 use protocol::runtime::shutdown_signal;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    // Before any thread starts.
+    let malloc_tuned = clothesline_gpu_worker::malloc::keep_freed_memory();
     let config = Config::parse();
     config.log.init();
-    match run(config, shutdown_signal()).await {
+    tracing::info!(malloc_tuned, "malloc keeps freed memory for the next batch");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("clothesline-gpu-worker: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config, shutdown_signal())) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "gpu-worker failed");

@@ -83,6 +83,8 @@ pub struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the worker's binary does, for the in-process runs and the worker alike.
+    clothesline_gpu_worker::malloc::keep_freed_memory();
     let args = Args::parse();
     let manifest = Manifest::load(&args.manifest)?;
     let device = match args.device {
