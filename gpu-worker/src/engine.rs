@@ -209,6 +209,12 @@ fn resolve_device(choice: DeviceChoice) -> anyhow::Result<Device> {
     })
 }
 
+/// Engine threads start one at a time: `at::set_num_threads` (called by us, and by libtorch on a
+/// thread's first parallel operation) also resets process-wide state (oneDNN's primitive cache,
+/// the pthreadpool), which must not happen while another replica runs. No batch runs before
+/// every replica is ready, so once started they run side by side safely.
+static STARTUP: Mutex<()> = Mutex::new(());
+
 /// On an engine thread: threads, model, warm-up. Replica `index` of `replicas`.
 fn prepare(
     options: &EngineOptions,
@@ -217,6 +223,9 @@ fn prepare(
     threads: usize,
     index: usize,
 ) -> anyhow::Result<(Model, EngineInfo)> {
+    let _startup = STARTUP
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     // Per thread: OpenMP's thread count is a setting of the calling thread.
     tch::set_num_threads(i32::try_from(threads).unwrap_or(i32::MAX));
     let started = Instant::now();
@@ -239,6 +248,12 @@ fn prepare(
         "model loaded on {device:?} in {}",
         model.precision()
     );
+    // One run even without warm-up: a thread's first parallel operation initialises libtorch's
+    // per-thread state (`at::init_num_threads`, which calls `set_num_threads` again), and that
+    // must happen here, under the startup lock.
+    model
+        .run_batch(&vec![0u8; model.image_len()], 1)
+        .context("first run failed")?;
     let started = Instant::now();
     let mut sizes = vec![1, max_batch];
     sizes.dedup();

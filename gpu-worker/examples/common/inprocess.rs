@@ -99,12 +99,27 @@ pub fn measure_replicas(
     n: usize,
     plan: Plan,
 ) -> anyhow::Result<Throughput> {
+    // Every thread sets its thread count and runs once before any of them measures: setting the
+    // count also resets process-wide state (oneDNN's primitive cache) that a running model uses.
+    let ready = std::sync::Barrier::new(models.len());
+    let setting = std::sync::Mutex::new(());
     let each: Vec<anyhow::Result<Throughput>> = std::thread::scope(|s| {
         let handles: Vec<_> = models
             .iter()
             .map(|model| {
+                let (ready, setting) = (&ready, &setting);
                 s.spawn(move || {
-                    tch::set_num_threads(threads);
+                    let first = {
+                        let _one_at_a_time = setting
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        tch::set_num_threads(threads);
+                        // The thread's first parallel operation sets the count again (libtorch's
+                        // lazy per-thread initialisation): also one at a time.
+                        model.run_batch(&images(model, 1), 1)
+                    };
+                    ready.wait();
+                    first?;
                     measure(model, n, plan)
                 })
             })
