@@ -1,5 +1,8 @@
 //! The whole pipeline as real processes: nats-server, provisioning, ingress, preprocessor and
-//! gpu-worker, each on free ports, each waited for on its `/readyz`. Killed on drop.
+//! gpu-worker, each on free ports, each waited for on its `/readyz`. Killed on drop. Each tier
+//! logs (at `CLOTHESLINE_TEST_LOG`, default `info`) to a file of its own, whose end is printed
+//! when a test fails with the tier still held; with `CLOTHESLINE_TEST_LOG` set, logs go to the
+//! test's stderr instead.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -41,11 +44,16 @@ impl Default for StackOptions {
     }
 }
 
+/// Lines of a tier's log printed when a test fails.
+const LOG_TAIL_LINES: usize = 40;
+
 /// A tier's process and the port of its HTTP endpoint (API or health/metrics).
 pub struct Tier {
     pub name: String,
     pub port: u16,
     child: Child,
+    /// Its stderr, when not inherited.
+    log: Option<tempfile::NamedTempFile>,
 }
 
 impl Tier {
@@ -63,6 +71,21 @@ impl Tier {
 impl Drop for Tier {
     fn drop(&mut self) {
         self.kill();
+        if !std::thread::panicking() {
+            return;
+        }
+        let Some(log) = &self.log else { return };
+        let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+        eprintln!(
+            "--- {} log, last {} of {} lines ---\n{}\n--- end of {} log ---",
+            self.name,
+            tail.len(),
+            lines.len(),
+            tail.join("\n"),
+            self.name
+        );
     }
 }
 
@@ -114,25 +137,33 @@ fn spawn(
     env: &[(String, String)],
     args: &[String],
 ) -> Tier {
-    let log = std::env::var("CLOTHESLINE_TEST_LOG").unwrap_or_else(|_| "warn".into());
+    let level = std::env::var("CLOTHESLINE_TEST_LOG").unwrap_or_else(|_| "info".into());
+    let log = if std::env::var_os("CLOTHESLINE_TEST_LOG").is_some() {
+        None
+    } else {
+        tempfile::NamedTempFile::new().ok()
+    };
+    let stderr = match log.as_ref().and_then(|f| f.reopen().ok()) {
+        Some(file) => Stdio::from(file),
+        None if log.is_none() => Stdio::inherit(),
+        None => Stdio::null(),
+    };
     let child = Command::new(paths::bin(bin))
         .current_dir(paths::repo_root())
         .env("NATS_URL", nats_url)
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .env("RUST_LOG", log)
+        .env("RUST_LOG", level)
+        .env("NO_COLOR", "1")
         .args(args)
         .stdout(Stdio::null())
-        .stderr(if std::env::var_os("CLOTHESLINE_TEST_LOG").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
+        .stderr(stderr)
         .spawn()
         .unwrap_or_else(|e| panic!("start {bin}: {e}"));
     Tier {
         name: name.to_string(),
         port,
         child,
+        log,
     }
 }
 
