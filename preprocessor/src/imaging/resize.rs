@@ -43,9 +43,6 @@ pub fn resize_raw(
     width: u32,
     height: u32,
 ) -> Result<Vec<u8>, Error> {
-    if width == 0 || height == 0 {
-        return Err(internal(format!("output size {width}x{height} is empty")));
-    }
     let mut dst = vec![0; width as usize * height as usize * 3];
     resize_into(
         src,
@@ -66,9 +63,6 @@ pub fn resize_rgbx(
     width: u32,
     height: u32,
 ) -> Result<Vec<u8>, Error> {
-    if width == 0 || height == 0 {
-        return Err(internal(format!("output size {width}x{height} is empty")));
-    }
     RGBX_OUT.with(|cell| {
         let mut rgbx = cell.borrow_mut();
         let len = width as usize * height as usize * 4;
@@ -107,6 +101,9 @@ fn resize_into(
     dst: &mut [u8],
     (width, height): (u32, u32),
 ) -> Result<(), Error> {
+    if width == 0 || height == 0 {
+        return Err(internal(format!("output size {width}x{height} is empty")));
+    }
     let src = ImageRef::new(src_width, src_height, src, pixel_type)
         .map_err(|e| internal(format!("source {src_width}x{src_height}: {e}")))?;
     let mut dst = Image::from_slice_u8(width, height, dst, pixel_type)
