@@ -324,21 +324,42 @@ mod tests {
     use super::*;
     use crate::testing::tiny_model;
 
+    /// The tiny model's options on `device`.
+    fn options(
+        dir: &tempfile::TempDir,
+        device: DeviceChoice,
+        replicas: Option<usize>,
+        intra_op_threads: Option<usize>,
+        max_batch: Option<usize>,
+        warmup_batches: usize,
+    ) -> EngineOptions {
+        EngineOptions {
+            manifest: Manifest::load(dir.path().join("manifest.json")).expect("manifest"),
+            device,
+            half: false,
+            replicas,
+            intra_op_threads,
+            max_batch,
+            warmup_batches,
+        }
+    }
+
+    /// Drops the last handle and waits for every engine thread to end cleanly.
+    async fn stop(engine: Engine, threads: EngineThreads) {
+        drop(engine);
+        tokio::task::spawn_blocking(move || threads.join())
+            .await
+            .expect("join task")
+            .expect("engine threads exit cleanly");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn engine_threads_run_batches_and_report_bad_ones() {
         let dir = tiny_model();
-        let manifest = Manifest::load(dir.path().join("manifest.json")).expect("manifest");
-        let (engine, threads) = Engine::start(EngineOptions {
-            manifest,
-            device: DeviceChoice::Cpu,
-            half: false,
-            replicas: Some(2),
-            intra_op_threads: Some(1),
-            max_batch: None,
-            warmup_batches: 1,
-        })
-        .await
-        .expect("engine starts");
+        let (engine, threads) =
+            Engine::start(options(&dir, DeviceChoice::Cpu, Some(2), Some(1), None, 1))
+                .await
+                .expect("engine starts");
         let info = engine.info().clone();
         assert_eq!(
             (info.device, info.replicas, info.intra_op_threads),
@@ -367,53 +388,35 @@ mod tests {
         }
         let err = engine.run(vec![3; 5], 1).await.unwrap_err();
         assert!(matches!(err, EngineError::Failed(_)), "{err}");
-        drop(engine);
-        tokio::task::spawn_blocking(move || threads.join())
-            .await
-            .expect("join task")
-            .expect("engine threads exit cleanly");
+        stop(engine, threads).await;
     }
 
     #[tokio::test]
     async fn replicas_and_threads_default_to_the_cores_on_cpu() {
         let dir = tiny_model();
-        let manifest = Manifest::load(dir.path().join("manifest.json")).expect("manifest");
-        let (engine, threads) = Engine::start(EngineOptions {
-            manifest,
-            device: DeviceChoice::Cpu,
-            half: false,
-            replicas: None,
-            intra_op_threads: None,
-            max_batch: Some(2),
-            warmup_batches: 0,
-        })
-        .await
-        .expect("engine starts");
+        let (engine, threads) =
+            Engine::start(options(&dir, DeviceChoice::Cpu, None, None, Some(2), 0))
+                .await
+                .expect("engine starts");
         let info = engine.info().clone();
         assert_eq!(
             (info.replicas, info.intra_op_threads),
             (crate::config::default_threads(), 1)
         );
-        drop(engine);
-        tokio::task::spawn_blocking(move || threads.join())
-            .await
-            .expect("join task")
-            .expect("engine threads exit cleanly");
+        stop(engine, threads).await;
     }
 
     #[tokio::test]
     async fn engine_refuses_a_missing_cuda_device() {
         let dir = tiny_model();
-        let manifest = Manifest::load(dir.path().join("manifest.json")).expect("manifest");
-        let result = Engine::start(EngineOptions {
-            manifest,
-            device: DeviceChoice::Cuda(64),
-            half: false,
-            replicas: None,
-            intra_op_threads: Some(1),
-            max_batch: Some(2),
-            warmup_batches: 0,
-        })
+        let result = Engine::start(options(
+            &dir,
+            DeviceChoice::Cuda(64),
+            None,
+            Some(1),
+            Some(2),
+            0,
+        ))
         .await;
         let err = result.err().expect("no 65 GPUs here");
         assert!(err.to_string().contains("cuda:64"), "{err}");

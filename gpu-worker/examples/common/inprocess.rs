@@ -136,7 +136,7 @@ pub fn measure_replicas(
     for t in each {
         let t = t?;
         match all.as_mut() {
-            Some(a) => a.times.extend_from_slice(&t.times),
+            Some(a) => a.merge(&t),
             None => all = Some(t),
         }
     }
