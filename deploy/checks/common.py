@@ -8,6 +8,7 @@ test `tests/tests/deploy.rs` writes it; without it the checks that need it are s
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -17,11 +18,25 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-SCHEMAS = ROOT.parent / "shared" / "schemas"
+# The checkout checked: this one, or a copy (CLOTHESLINE_DEPLOY_ROOT; tests/tests/deploy.rs checks
+# mutated copies to show that each check fails on what it guards against).
+ROOT = Path(os.environ.get("CLOTHESLINE_DEPLOY_ROOT") or Path(__file__).resolve().parents[2]).resolve()
+
+
+def _schemas() -> Path:
+    """shared/schemas beside the checkout, or beside a folder above it (a git worktree)."""
+    here = Path(__file__).resolve().parents[2]
+    for folder in (here, *here.parents):
+        if (folder.parent / "shared" / "schemas").is_dir():
+            return folder.parent / "shared" / "schemas"
+    return here.parent / "shared" / "schemas"
+
+
+SCHEMAS = _schemas()
 K8S_VERSION = "1.34"  # validated against; eksctl-cluster.yaml's metadata.version must match
 NAMESPACE = "clothesline"
 OVERLAYS = {"base": ROOT / "k8s/base", "kind": ROOT / "k8s/overlays/kind", "eks": ROOT / "k8s/overlays/eks"}
+GUIDE = ROOT / "k8s/README.md"
 TIERS = ("ingress", "preprocessor", "gpu-worker")
 # The variable holding each tier's HTTP address (API or health and metrics).
 HTTP_ADDR = {

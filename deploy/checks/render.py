@@ -35,11 +35,16 @@ def render(overlay: str) -> list[dict]:
 
 def strict(schema: object) -> object:
     """A copy of a JSON schema that refuses unknown properties wherever it lists the known ones
-    (CRD schemas leave that open), except where Kubernetes keeps unknown fields on purpose."""
+    (CRD schemas leave that open), except where Kubernetes keeps unknown fields on purpose; with
+    patterns Python's re reads as Go's regexp does."""
     schema = copy.deepcopy(schema)
 
     def walk(node: object) -> None:
         if isinstance(node, dict):
+            # Go's regexp takes inline flags anywhere, Python's only at the start (the Prometheus
+            # Operator's PrometheusRule has `^(?i)(abort|warn)?$`).
+            if isinstance(node.get("pattern"), str) and node["pattern"].startswith("^(?i)"):
+                node["pattern"] = "(?i)^" + node["pattern"][len("^(?i)") :]
             if (
                 "properties" in node
                 and "additionalProperties" not in node
