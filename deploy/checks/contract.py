@@ -37,8 +37,9 @@ def tier_container(objects: list[dict], tier: str) -> tuple[dict, dict]:
     return d, c
 
 
-def env_value(contract: Contract, tier: str, container: dict, var: str) -> str | None:
-    return container_env(container).get(var) or contract.default(tier, var)
+def env_value(contract: Contract | None, tier: str, container: dict, var: str) -> str | None:
+    """A variable as the container sets it, else the binary's default (when the contract is known)."""
+    return container_env(container).get(var) or (contract.default(tier, var) if contract else None)
 
 
 def check_scaled_objects(report: Report, overlay: str, objects: list[dict], contract: Contract) -> None:
@@ -101,7 +102,7 @@ def check_scaled_objects(report: Report, overlay: str, objects: list[dict], cont
     report.add(f"{overlay}: ScaledObjects name the provisioned streams, consumers and account", problems)
 
 
-def in_flight_window(contract: Contract, tier: str, container: dict) -> int | None:
+def in_flight_window(contract: Contract | None, tier: str, container: dict) -> int | None:
     """Messages one replica holds (pending acks): what lagThreshold is measured against."""
     env = container_env(container)
     if tier == "preprocessor":
@@ -157,20 +158,35 @@ def service_port(objects: list[dict], name: str, port: int, app: str) -> bool:
     return False
 
 
-def check_images(report: Report, overlay: str, objects: list[dict], version: str) -> None:
+# Images each overlay runs in a container, when not the container's own name: kind runs the
+# gpu-worker from its CPU-only image (no CUDA libraries to load onto a laptop).
+KIND_IMAGES = {"gpu-worker": "clothesline/gpu-worker-cpu"}
+IMMUTABLE_TAG = re.compile(r"[0-9a-f]{7,40}")  # a git sha, as scripts/push-ecr.sh pushes
+
+
+def check_images(report: Report, overlay: str, objects: list[dict]) -> None:
+    """eks: ECR images under an immutable tag (a git sha or a digest), pulled when not present;
+    kind: the locally built images (the CPU-only gpu-worker), loaded and never pulled."""
     problems = []
     for o in objects:
         if o["kind"] not in ("Deployment", "Job"):
             continue
         for c in o["spec"]["template"]["spec"]["containers"]:
             image = c["image"]
-            repo, tag = image.rsplit(":", 1)
+            repo, _, digest = image.partition("@")
+            repo, _, tag = repo.rpartition(":") if ":" in repo.rsplit("/", 1)[-1] else (repo, "", "")
             if overlay == "eks":
                 if not re.fullmatch(rf"\d{{12}}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com/clothesline/{c['name']}", repo):
                     problems.append(f"{name_of(o)}: {image} is not an ECR image of clothesline/{c['name']}")
-                if tag != version:
-                    problems.append(f"{name_of(o)}: tag {tag} is not the workspace version {version}")
+                if not digest and not IMMUTABLE_TAG.fullmatch(tag):
+                    problems.append(
+                        f"{name_of(o)}: {image} has a mutable tag {tag!r}: use the git sha scripts/push-ecr.sh pushes"
+                    )
+                if c.get("imagePullPolicy") != "IfNotPresent":
+                    problems.append(f"{name_of(o)}: imagePullPolicy {c.get('imagePullPolicy')!r}: an immutable tag needs IfNotPresent")
             else:
-                if repo != f"clothesline/{c['name']}" or c.get("imagePullPolicy") != "IfNotPresent":
-                    problems.append(f"{name_of(o)}: {image} is not the locally built image, or would be pulled")
-    report.add(f"{overlay}: images are the tiers' own ({'ECR' if overlay == 'eks' else 'kind load'})", problems)
+                want = KIND_IMAGES.get(c["name"], f"clothesline/{c['name']}")
+                if repo != want or c.get("imagePullPolicy") != "IfNotPresent":
+                    problems.append(f"{name_of(o)}: {image} is not the locally built {want}, or would be pulled")
+    what = "ECR, immutable git-sha tags" if overlay == "eks" else "kind load, the CPU-only gpu-worker"
+    report.add(f"{overlay}: images are the tiers' own ({what})", problems)

@@ -1,13 +1,18 @@
 """Where things run, against the cluster they run on: the gpu-worker lands on the eksctl GPU node
 group (its labels, its taint, a GPU limit) and nothing else does; NATS has one server per node,
-as many servers as the streams have replicas, on a storage class that exists.
+as many servers as the streams have replicas, on a storage class that exists; the ingress and the
+preprocessor spread over nodes and zones; a load balancer is never open to the whole internet.
 """
 
 from __future__ import annotations
 
 from .common import Report, container_env
 from .render import node_pool_labels
-from .workloads import WORKLOADS, by_kind, name_of
+from .workloads import WORKLOADS, by_kind, name_of, pod_labels, selects
+
+SPREAD = ("ingress", "preprocessor")
+SPREAD_KEYS = {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+OPEN = {"0.0.0.0/0", "::/0"}
 
 
 def tolerates(tolerations: list[dict], taint: dict) -> bool:
@@ -71,3 +76,32 @@ def check_placement(report: Report, overlay: str, objects: list[dict]) -> None:
             if any(cpu["labels"].get(k) != v for k, v in selector.items()):
                 problems.append(f"{name_of(o)} selects nodes the cpu node group does not have")
     report.add("eks: GPU work on the GPU node group, NATS spread and replicated", problems)
+
+
+def spread_problems(objects: list[dict]) -> list[str]:
+    out = []
+    for d in by_kind(objects, "Deployment"):
+        if d["metadata"]["name"] not in SPREAD:
+            continue
+        constraints = d["spec"]["template"]["spec"].get("topologySpreadConstraints", [])
+        keys = {c["topologyKey"] for c in constraints if selects(c.get("labelSelector", {}), pod_labels(d))}
+        if not SPREAD_KEYS <= keys:
+            out.append(f"{name_of(d)}: no topologySpreadConstraints of its own pods over {', '.join(sorted(SPREAD_KEYS - keys))}")
+    return out
+
+
+def load_balancer_problems(objects: list[dict]) -> list[str]:
+    """A LoadBalancer Service carries its source ranges from the first apply (no open window)."""
+    out = []
+    for svc in by_kind(objects, "Service"):
+        if svc["spec"].get("type") != "LoadBalancer":
+            continue
+        ranges = svc["spec"].get("loadBalancerSourceRanges", [])
+        if not ranges or OPEN & set(ranges):
+            out.append(f"{name_of(svc)}: a load balancer open to the internet (loadBalancerSourceRanges {ranges})")
+    return out
+
+
+def check_exposure(report: Report, overlay: str, objects: list[dict]) -> None:
+    report.add(f"{overlay}: ingress and preprocessor spread over nodes and zones", spread_problems(objects))
+    report.add(f"{overlay}: load balancers have source ranges from the start", load_balancer_problems(objects))
