@@ -5,9 +5,13 @@
 //! nats-server's `/jsz`, read the way the `nats-jetstream` scaler reads it, has the pending count
 //! for the stream and consumer each ScaledObject names. And least privilege: compose and every
 //! overlay run NATS with the users of `nats/auth.conf`, and connect each tier as its own user.
+//! And pins and cross-checks that hold: one NATS version everywhere (the one these tests run), and
+//! each inconsistency the checks guard against (issue 19), put back into a copy of the files,
+//! fails them with a message that names it.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use async_nats::HeaderMap;
@@ -25,12 +29,17 @@ use serde_json::{Value, json};
 /// Runs `deploy/check.py` with the Python that `scripts/deps.sh` sets up. The NATS configs read
 /// the users' passwords from the environment: `nats-server -t` needs them set (to anything).
 fn check_py(args: &[&str]) -> Output {
-    let root = paths::repo_root();
+    check_py_at(&paths::repo_root(), args)
+}
+
+/// `deploy/check.py` of this checkout, checking the files under `root` (a mutated copy, or here).
+fn check_py_at(root: &Path, args: &[&str]) -> Output {
     Command::new(paths::python())
-        .arg(root.join("deploy/check.py"))
+        .arg(paths::repo_root().join("deploy/check.py"))
         .args(args)
         .envs(password_env())
-        .current_dir(&root)
+        .env("CLOTHESLINE_DEPLOY_ROOT", root)
+        .current_dir(root)
         .output()
         .unwrap_or_else(|e| panic!("run {}: {e}", paths::python().display()))
 }
@@ -121,6 +130,18 @@ async fn jsz_has_the_pending_count_of_every_scaled_objects_consumer() {
     );
 
     let nats = NatsServer::start().await;
+    // The query is tested against the server deployed, not whichever one is on PATH.
+    let varz: Value = reqwest::get(format!("http://127.0.0.1:{}/varz", nats.monitor_port))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        varz["version"].as_str(),
+        Some(pinned_nats_version().as_str()),
+        "the tests' nats-server is not the pinned one (NATS_SERVER_BIN from scripts/deps.sh)"
+    );
     let js = jetstream::new(nats.client().await);
     provision(&js, &Topology::builtin().with_memory_storage())
         .await
@@ -212,6 +233,11 @@ fn yaml_docs(text: &str) -> Vec<Value> {
 
 /// `kubectl kustomize` of an overlay (kubectl from the venv of `scripts/deps.sh`, else PATH).
 fn render(overlay: &str) -> Vec<Value> {
+    render_at(&paths::repo_root(), overlay)
+}
+
+/// `kubectl kustomize` of an overlay of the files under `root`.
+fn render_at(root: &Path, overlay: &str) -> Vec<Value> {
     let beside = paths::python().with_file_name("kubectl");
     let kubectl = if beside.exists() {
         beside
@@ -220,7 +246,7 @@ fn render(overlay: &str) -> Vec<Value> {
     };
     let out = Command::new(&kubectl)
         .arg("kustomize")
-        .arg(paths::repo_root().join("k8s/overlays").join(overlay))
+        .arg(root.join("k8s/overlays").join(overlay))
         .output()
         .unwrap_or_else(|e| panic!("run {}: {e}", kubectl.display()));
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -413,4 +439,275 @@ fn every_deployment_runs_nats_with_the_users_of_auth_conf() {
             );
         }
     }
+}
+
+/// `NATS_VERSION` of `scripts/deps.sh` under `root`: the version the tests run and deploy.
+fn nats_version_at(root: &Path) -> String {
+    let deps = std::fs::read_to_string(root.join("scripts/deps.sh")).unwrap();
+    deps.lines()
+        .find_map(|l| l.strip_prefix("NATS_VERSION=\""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("NATS_VERSION=\"x.y.z\" in scripts/deps.sh")
+        .to_string()
+}
+
+fn pinned_nats_version() -> String {
+    nats_version_at(&paths::repo_root())
+}
+
+/// Where the files under `root` run another NATS than `scripts/deps.sh` pins: compose's image and
+/// the NATS StatefulSet's image of every overlay must be `nats:<NATS_VERSION>-alpine`.
+fn nats_pin_problems(root: &Path) -> Vec<String> {
+    let want = format!("nats:{}-alpine", nats_version_at(root));
+    let compose = &yaml_docs(&std::fs::read_to_string(root.join("compose.yml")).unwrap())[0];
+    let mut images = vec![(
+        "compose.yml".to_string(),
+        compose["services"]["nats"]["image"].clone(),
+    )];
+    for overlay in ["kind", "eks"] {
+        for o in render_at(root, overlay) {
+            if o["kind"] == "StatefulSet" && o["metadata"]["name"] == "nats" {
+                let containers = o["spec"]["template"]["spec"]["containers"]
+                    .as_array()
+                    .unwrap();
+                let nats = containers.iter().find(|c| c["name"] == "nats").unwrap();
+                images.push((format!("k8s/overlays/{overlay}"), nats["image"].clone()));
+            }
+        }
+    }
+    images
+        .into_iter()
+        .filter(|(_, image)| image.as_str() != Some(want.as_str()))
+        .map(|(file, image)| format!("{file} runs {image}, scripts/deps.sh pins {want}"))
+        .collect()
+}
+
+#[test]
+fn nats_version_is_pinned_the_same_everywhere() {
+    let version = pinned_nats_version();
+    assert_eq!(nats_pin_problems(&paths::repo_root()), Vec::<String>::new());
+    // And the server the tests start is that one.
+    let out = Command::new(paths::nats_server())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("nats-server: v{version}"),
+        "{}: run `source scripts/deps.sh` (NATS_SERVER_BIN)",
+        paths::nats_server().display()
+    );
+}
+
+/// What the deploy checks read, copied under `to`: manifests, the guide, dashboards, stream and
+/// consumer definitions, the pinned versions, and the tiers' sources (their metric names).
+fn copy_deploy_files(to: &Path) {
+    let root = paths::repo_root();
+    for part in [
+        "k8s",
+        "deploy/grafana",
+        "nats",
+        "scripts/deps.sh",
+        "compose.yml",
+        "ingress/src",
+        "preprocessor/src",
+        "gpu-worker/src",
+    ] {
+        copy_tree(&root.join(part), &to.join(part));
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    if from.is_dir() {
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            copy_tree(&entry.path(), &to.join(entry.file_name()));
+        }
+    } else {
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, to).unwrap();
+    }
+}
+
+/// One inconsistency of issue 19: in `file`, every `from` becomes `to`, and the checks must then
+/// fail saying `expect`.
+struct Mutation {
+    what: &'static str,
+    file: &'static str,
+    from: &'static str,
+    to: &'static str,
+    expect: &'static str,
+}
+
+const MUTATIONS: &[Mutation] = &[
+    Mutation {
+        what: "EKS lets the GPU tier scale past its node group",
+        file: "k8s/overlays/eks/kustomization.yaml",
+        from: "path: /spec/maxReplicaCount\n        value: 4\n",
+        to: "path: /spec/maxReplicaCount\n        value: 8\n",
+        expect: "maxReplicaCount 8 exceeds what node group gpu holds: maxSize 4 x 1 GPU per node / 1 per replica = 4",
+    },
+    Mutation {
+        what: "the GPU node group shrinks under the ScaledObject",
+        file: "k8s/overlays/eks/eksctl-cluster.yaml",
+        from: "desiredCapacity: 0\n    maxSize: 4",
+        to: "desiredCapacity: 0\n    maxSize: 2",
+        expect: "maxReplicaCount 4 exceeds what node group gpu holds: maxSize 2",
+    },
+    Mutation {
+        what: "more preprocessors than max_ack_pending feeds",
+        file: "k8s/base/preprocessor.yaml",
+        from: "maxReplicaCount: 16",
+        to: "maxReplicaCount: 40",
+        expect: "maxReplicaCount 40 exceeds what consumer preprocessor can feed: max_ack_pending 1024 / 64 in flight per replica = 16",
+    },
+    Mutation {
+        what: "the consumer's max_ack_pending lowered under the ScaledObject",
+        file: "nats/jetstream/preprocessor.consumer.json",
+        from: "\"max_ack_pending\": 1024",
+        to: "\"max_ack_pending\": 512",
+        expect: "max_ack_pending 512 / 64 in flight per replica = 8",
+    },
+    Mutation {
+        what: "a surge rollout on full one-GPU nodes",
+        file: "k8s/base/gpu-worker.yaml",
+        from: "maxUnavailable: 1\n      maxSurge: 0",
+        to: "maxUnavailable: 0\n      maxSurge: 1",
+        expect: "stalls on a full GPU node group",
+    },
+    Mutation {
+        what: "a PDB that disagrees with the GPU rollout",
+        file: "k8s/base/gpu-worker.yaml",
+        from: "spec:\n  maxUnavailable: 1\n",
+        to: "spec:\n  maxUnavailable: 0\n",
+        expect: "PodDisruptionBudget/gpu-worker: maxUnavailable 0 disagrees with the rollout's 1",
+    },
+    Mutation {
+        what: "a ScaledObject without fallback",
+        file: "k8s/base/gpu-worker.yaml",
+        from: "  fallback:\n    failureThreshold: 3\n    replicas: 1\n    behavior: currentReplicasIfHigher\n",
+        to: "",
+        expect: "ScaledObject/gpu-worker: no fallback",
+    },
+    Mutation {
+        what: "KEDA installed unpinned",
+        file: "k8s/README.md",
+        from: "--version 2.20.2 ",
+        to: "",
+        expect: "KEDA installed without an exact --version",
+    },
+    Mutation {
+        what: "images under a mutable tag on EKS",
+        file: "k8s/overlays/eks/kustomization.yaml",
+        from: "newTag: \"0000000\"",
+        to: "newTag: 0.1.0",
+        expect: "has a mutable tag '0.1.0'",
+    },
+    Mutation {
+        what: "kind loading the CUDA gpu-worker image",
+        file: "k8s/overlays/kind/kustomization.yaml",
+        from: "    newName: clothesline/gpu-worker-cpu\n",
+        to: "",
+        expect: "is not the locally built clothesline/gpu-worker-cpu",
+    },
+    Mutation {
+        what: "the lag panel taking max over all NATS servers",
+        file: "deploy/grafana/dashboards/clothesline.json",
+        from: "is_consumer_leader=\\\"true\\\", ",
+        to: "",
+        expect: "consumer figures not from the consumer leader",
+    },
+    Mutation {
+        what: "an alert missing",
+        file: "k8s/overlays/eks/alerts.yaml",
+        from: "alert: ClotheslineGpuTierAtZeroWithLag",
+        to: "alert: ClotheslineGpuTierGone",
+        expect: "no alert ClotheslineGpuTierAtZeroWithLag",
+    },
+    Mutation {
+        what: "the guide's first request posting a URL that is no image",
+        file: "k8s/README.md",
+        from: "-H 'Content-Type: image/jpeg' --data-binary @examples/images/pants.jpg",
+        to: "-d '{\"url\": \"https://example.com/pants.jpg\"}'",
+        expect: "not an upload of an image in examples/images/",
+    },
+    Mutation {
+        what: "the load balancer open until a later step",
+        file: "k8s/overlays/eks/ingress.yaml",
+        from: "  loadBalancerSourceRanges:\n    - 203.0.113.1/32\n",
+        to: "",
+        expect: "Service/ingress: a load balancer open to the internet",
+    },
+    Mutation {
+        what: "teardown deleting the namespace before the PVCs",
+        file: "k8s/README.md",
+        from: "kubectl delete -k k8s/overlays/eks -l clothesline.io/stage=app --wait",
+        to: "kubectl delete -k k8s/overlays/eks --wait",
+        expect: "the teardown deletes the namespace",
+    },
+    Mutation {
+        what: "no topology spread for the ingress",
+        file: "k8s/base/ingress.yaml",
+        from: "topologyKey: kubernetes.io/hostname",
+        to: "topologyKey: topology.kubernetes.io/region",
+        expect: "Deployment/ingress: no topologySpreadConstraints of its own pods over kubernetes.io/hostname",
+    },
+];
+
+fn mutated_copy(m: &Mutation) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_deploy_files(dir.path());
+    replace_in(&dir.path().join(m.file), m.from, m.to);
+    dir
+}
+
+fn replace_in(path: &Path, from: &str, to: &str) {
+    let before = std::fs::read_to_string(path).unwrap();
+    assert!(before.contains(from), "{from:?} not in {}", path.display());
+    std::fs::write(path, before.replace(from, to)).unwrap();
+}
+
+#[test]
+fn each_inconsistency_of_issue_19_fails_the_checks() {
+    // The copy as it is passes: a failure below comes from the mutation.
+    let clean = tempfile::tempdir().unwrap();
+    copy_deploy_files(clean.path());
+    let out = check_py_at(clean.path(), &["consistency"]);
+    let report = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "unmutated copy:\n{report}");
+
+    for m in MUTATIONS {
+        let dir = mutated_copy(m);
+        let out = check_py_at(dir.path(), &["consistency"]);
+        let report = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(
+            !out.status.success(),
+            "{}: the checks pass:\n{report}",
+            m.what
+        );
+        assert!(
+            report.contains(m.expect),
+            "{}: no {:?} in\n{report}",
+            m.what,
+            m.expect
+        );
+    }
+
+    // And NATS unpinned in one place.
+    let version = pinned_nats_version();
+    let dir = tempfile::tempdir().unwrap();
+    copy_deploy_files(dir.path());
+    replace_in(
+        &dir.path().join("k8s/base/nats/statefulset.yaml"),
+        &format!("image: nats:{version}-alpine"),
+        "image: nats:2-alpine",
+    );
+    let want = format!("scripts/deps.sh pins nats:{version}-alpine");
+    assert_eq!(
+        nats_pin_problems(dir.path()),
+        [
+            format!("k8s/overlays/kind runs \"nats:2-alpine\", {want}"),
+            format!("k8s/overlays/eks runs \"nats:2-alpine\", {want}"),
+        ]
+    );
 }
