@@ -2,7 +2,8 @@
 leader, never `max` over servers whose followers report stale counts), every query scoped by the
 namespace variable, panels for the NATS servers and KEDA; the PrometheusRule has the alerts that
 matter, each on metrics that exist (the tiers', the NATS exporter's, kube-state-metrics'), with a
-`for`. With `promtool` on PATH, its `check rules` too.
+`for`. With `promtool` on PATH (Debian's `prometheus` package has it) also `promtool check rules`
+and the alerts' unit tests, deploy/prometheus/alerts.test.yaml.
 """
 
 from __future__ import annotations
@@ -89,18 +90,27 @@ def rule_problems(objects: list[dict]) -> list[str]:
 
 
 def promtool_problems(objects: list[dict]) -> list[str]:
+    """`promtool check rules` on the PrometheusRule's groups, and `promtool test rules` with the
+    unit tests of deploy/prometheus/alerts.test.yaml (each alert fires, near misses stay quiet)."""
     promtool = shutil.which("promtool")
     if not promtool:
         return []
     groups = [g for pr in by_kind(objects, "PrometheusRule") for g in pr["spec"]["groups"]]
+    tests = yaml.safe_load((ROOT / "deploy/prometheus/alerts.test.yaml").read_text())
+    out = []
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "rules.yaml"
-        path.write_text(yaml.safe_dump({"groups": groups}))
-        out = run([promtool, "check", "rules", str(path)])
-    return [] if out.returncode == 0 else [f"promtool check rules: {out.stdout}{out.stderr}".strip()]
+        rules = Path(tmp) / "rules.yaml"
+        rules.write_text(yaml.safe_dump({"groups": groups}))
+        unit = Path(tmp) / "alerts.test.yaml"
+        unit.write_text(yaml.safe_dump({**tests, "rule_files": [str(rules)]}))
+        for command in ([promtool, "check", "rules", str(rules)], [promtool, "test", "rules", str(unit)]):
+            done = run(command)
+            if done.returncode != 0:
+                out.append(f"promtool {command[1]} rules: {done.stdout}{done.stderr}".strip())
+    return out
 
 
 def check_monitoring(report: Report, rendered: dict[str, list[dict]]) -> None:
     report.add("grafana dashboard: lag from the consumer leader, $namespace/$instance, NATS and KEDA panels", dashboard_problems())
-    tool = " and promtool" if shutil.which("promtool") else ""
+    tool = ", promtool check and unit tests" if shutil.which("promtool") else ""
     report.add(f"eks: PrometheusRule alerts on metrics that exist (structure{tool})", rule_problems(rendered.get("eks", [])))

@@ -499,13 +499,15 @@ fn nats_version_is_pinned_the_same_everywhere() {
     );
 }
 
-/// What the deploy checks read, copied under `to`: manifests, the guide, dashboards, stream and
-/// consumer definitions, the pinned versions, and the tiers' sources (their metric names).
+/// What the deploy checks read, copied under `to`: manifests, the guide, dashboards, the alerts'
+/// unit tests, stream and consumer definitions, the pinned versions, and the tiers' sources
+/// (their metric names).
 fn copy_deploy_files(to: &Path) {
     let root = paths::repo_root();
     for part in [
         "k8s",
         "deploy/grafana",
+        "deploy/prometheus",
         "nats",
         "scripts/deps.sh",
         "compose.yml",
