@@ -87,7 +87,7 @@ def check_consistency(report: Report, rendered: dict[str, list[dict]], code: Con
         if overlay != "base":
             contract.check_images(report, overlay, objects)
     monitoring.check_monitoring(report, rendered)
-    guide.check_guide(report)
+    guide.check_guide(report, rendered)
 
 
 def check_kind_port(report: Report, objects: list[dict]) -> None:

@@ -1,8 +1,9 @@
 """k8s/README.md, the guide, against what it deploys: KEDA's chart installed at one exact version
 (the one whose missing-consumer behaviour the guide describes), every example request an upload
-of an image shipped in the repository, and the teardown deleting the volumes before their
-namespace (a namespace deleted first takes the claims with it, and the EBS volumes may outlive
-the cluster).
+of an image shipped in the repository, the teardown deleting the volumes before their namespace
+(a namespace deleted first takes the claims with it, and the EBS volumes may outlive the
+cluster), the scaling table's replicas and fallbacks as rendered, and the GPU quota it asks for
+enough for the GPU node group's maximum.
 """
 
 from __future__ import annotations
@@ -10,8 +11,12 @@ from __future__ import annotations
 import re
 
 from .common import GUIDE, Report
+from .render import node_pool_labels
+from .workloads import by_kind
 
 EXACT = re.compile(r"--version[ =](\d+\.\d+\.\d+)\b")
+# vCPUs of the GPU instance types the gpu node group may use (the EC2 G quota counts vCPUs).
+VCPUS = {"g4dn.xlarge": 4, "g5.xlarge": 4, "g5.2xlarge": 8, "g6.xlarge": 4, "g6.2xlarge": 8}
 
 
 def shell_lines(text: str) -> list[str]:
@@ -70,8 +75,49 @@ def teardown_problems(text: str) -> list[str]:
     return []
 
 
-def check_guide(report: Report) -> None:
+def table_problems(text: str, rendered: dict[str, list[dict]]) -> list[str]:
+    """The scaling table's rows (`| tier | ... | replicas | fallback |`) against the ScaledObjects."""
+    scaled = {
+        overlay: {s["spec"]["scaleTargetRef"]["name"]: s["spec"] for s in by_kind(objects, "ScaledObject")}
+        for overlay, objects in rendered.items()
+    }
+    out, rows = [], 0
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 6 or cells[0] not in scaled.get("eks", {}):
+            continue
+        rows += 1
+        tier, replicas, fallback = cells[0], cells[4], cells[5]
+        base = re.match(r"(\d+) to (\d+)", replicas)
+        said = {"base": base.group(2) if base else None}
+        for overlay, word in (("kind", "kind"), ("eks", "EKS")):
+            m = re.search(rf"{word} (?:\d+ to )?(\d+)", replicas)
+            said[overlay] = m.group(1) if m else said["base"]
+        for overlay, value in said.items():
+            spec = scaled.get(overlay, {}).get(tier, {})
+            if value != str(spec.get("maxReplicaCount")):
+                out.append(f"the table gives {tier} at most {value} replicas on {overlay}, the ScaledObject {spec.get('maxReplicaCount')}")
+        wanted = scaled["eks"][tier].get("fallback", {}).get("replicas")
+        if fallback != str(wanted):
+            out.append(f"the table gives {tier} a fallback of {fallback}, the ScaledObject {wanted}")
+    return out if rows else ["no scaling table (| tier | ... | replicas | fallback |)"]
+
+
+def quota_problems(text: str) -> list[str]:
+    """The EC2 G-instance quota (vCPUs) the guide asks for holds the gpu node group at its maximum."""
+    asked = re.search(r"--quota-code L-DB2E81BA --desired-value (\d+)", text)
+    gpu = node_pool_labels()["gpu"]
+    needed = gpu["maxSize"] * VCPUS.get(gpu["instanceType"], 0)
+    if not asked or int(asked.group(1)) < needed:
+        got = asked.group(1) if asked else "nothing"
+        return [f"the guide asks for {got} G vCPUs, the gpu node group needs {needed} ({gpu['maxSize']} x {gpu['instanceType']})"]
+    return []
+
+
+def check_guide(report: Report, rendered: dict[str, list[dict]]) -> None:
     text = GUIDE.read_text()
+    report.add("k8s/README.md: the scaling table says the rendered maxima and fallbacks", table_problems(text, rendered))
+    report.add("k8s/README.md: the GPU quota asked for holds the gpu node group at its maximum", quota_problems(text))
     report.add("k8s/README.md: KEDA pinned to one exact version, described as pinned", keda_problems(text))
     report.add("k8s/README.md: every example request uploads an image of examples/images", request_problems(text))
     report.add("k8s/README.md: teardown deletes the volumes before the namespace", teardown_problems(text))

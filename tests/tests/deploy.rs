@@ -557,6 +557,20 @@ const MUTATIONS: &[Mutation] = &[
         expect: "maxReplicaCount 4 exceeds what node group gpu holds: maxSize 2",
     },
     Mutation {
+        what: "the guide's table disagreeing with the ScaledObjects",
+        file: "k8s/README.md",
+        from: "| 1 to 16 (kind 4) |",
+        to: "| 1 to 20 (kind 4) |",
+        expect: "the table gives preprocessor at most 20 replicas on base, the ScaledObject 16",
+    },
+    Mutation {
+        what: "the guide's GPU quota short of the node group",
+        file: "k8s/README.md",
+        from: "--desired-value 16",
+        to: "--desired-value 8",
+        expect: "the guide asks for 8 G vCPUs, the gpu node group needs 16 (4 x g5.xlarge)",
+    },
+    Mutation {
         what: "more preprocessors than max_ack_pending feeds",
         file: "k8s/base/preprocessor.yaml",
         from: "maxReplicaCount: 16",
