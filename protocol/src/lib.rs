@@ -17,6 +17,7 @@ pub mod messages;
 pub mod meta;
 pub mod names;
 pub mod provision;
+pub mod publish;
 pub mod runtime;
 
 pub use error::{Error, ErrorCode};

@@ -200,22 +200,24 @@ async fn wait_ready(http: &reqwest::Client, tier: &Tier) {
     .await;
 }
 
-impl Stack {
-    pub async fn start(opts: StackOptions) -> Self {
-        let nats = if opts.nats_auth {
-            NatsServer::start_with_auth().await
-        } else {
-            NatsServer::start().await
-        };
-        let js = async_nats::jetstream::new(nats.client().await);
-        provision(&js, &Topology::builtin()).await.unwrap();
-        let manifest = opts.manifest.display().to_string();
-        let url = opts.tier_nats_url(&nats);
+/// The three tiers as processes against NATS at a given URL (one server, or a cluster's list):
+/// what [`Stack`] runs on its own server, and what cluster tests run on a [`crate::cluster::NatsCluster`].
+pub struct Tiers {
+    pub ingress: Tier,
+    pub preprocessors: Vec<Tier>,
+    pub worker: Tier,
+    pub http: reqwest::Client,
+}
 
+impl Tiers {
+    /// Starts the gpu-worker, the preprocessors and the ingress against `nats_url` (streams
+    /// already provisioned) and waits until each is ready.
+    pub async fn start(nats_url: &str, opts: &StackOptions) -> Self {
+        let manifest = opts.manifest.display().to_string();
         let worker_port = free_port();
         let mut worker_args = vec![
             "--manifest".into(),
-            manifest.clone(),
+            manifest,
             "--http-addr".into(),
             format!("127.0.0.1:{worker_port}"),
             "--device".into(),
@@ -226,13 +228,13 @@ impl Stack {
             "gpu-worker",
             "clothesline-gpu-worker",
             worker_port,
-            &url,
+            nats_url,
             &nats_env(opts.nats_auth, "gpu-worker"),
             &worker_args,
         );
 
         let preprocessors = (0..opts.preprocessors)
-            .map(|i| spawn_preprocessor(&opts, &url, i))
+            .map(|i| spawn_preprocessor(opts, nats_url, i))
             .collect::<Vec<_>>();
 
         let ingress_port = free_port();
@@ -242,7 +244,7 @@ impl Stack {
             "ingress",
             "clothesline-ingress",
             ingress_port,
-            &url,
+            nats_url,
             &nats_env(opts.nats_auth, "ingress"),
             &ingress_args,
         );
@@ -256,6 +258,30 @@ impl Stack {
             wait_ready(&http, p).await;
         }
         wait_ready(&http, &worker).await;
+        Self {
+            ingress,
+            preprocessors,
+            worker,
+            http,
+        }
+    }
+}
+
+impl Stack {
+    pub async fn start(opts: StackOptions) -> Self {
+        let nats = if opts.nats_auth {
+            NatsServer::start_with_auth().await
+        } else {
+            NatsServer::start().await
+        };
+        let js = async_nats::jetstream::new(nats.client().await);
+        provision(&js, &Topology::builtin()).await.unwrap();
+        let Tiers {
+            ingress,
+            preprocessors,
+            worker,
+            http,
+        } = Tiers::start(&opts.tier_nats_url(&nats), &opts).await;
         Self {
             nats,
             ingress,
