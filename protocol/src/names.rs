@@ -24,7 +24,9 @@ pub const HEADER_TIMEOUT_MS: &str = "Clothesline-Timeout-Ms";
 /// Core-NATS subject on which the ingress publishes the id of a request whose caller went away.
 pub const CANCEL_SUBJECT: &str = "clothesline.cancel";
 
-/// Prefix of the per-ingress reply subjects: `clothesline.replies.<instance>`.
+/// Every reply subject starts with this: `clothesline.replies.<instance>.<token>` for an
+/// ingress's requests, `clothesline.replies.bulk.<anything>` for bulk clients (see
+/// [`crate::reply_to`]).
 pub const REPLIES_PREFIX: &str = "clothesline.replies";
 
 /// Request id: a unique id per request, also used as `Nats-Msg-Id` for de-duplication.
@@ -46,7 +48,7 @@ pub const HEADER_NATS_MSG_ID: &str = "Nats-Msg-Id";
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 pub const CONTENT_TYPE_MSGPACK: &str = "application/msgpack";
 
-/// The reply subject of one ingress instance.
+/// The root of one ingress instance's reply subjects (each request adds a token of its own).
 pub fn reply_subject(instance: &str) -> String {
     format!("{REPLIES_PREFIX}.{instance}")
 }
