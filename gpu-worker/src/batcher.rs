@@ -102,8 +102,10 @@ impl Batcher {
     }
 
     /// Runs until `shutdown`; then stops pulling, hands back (nak, no delay) what it holds but
-    /// has not started and what still arrives for its open pull, so other workers take them at
-    /// once, and returns once the batches running are answered (at most `grace` later).
+    /// has not started and what still arrives for its open pull, once that pull has ended (at
+    /// most [`PULL_EXPIRES`]; earlier, a tensor could be redelivered into it and bounce), so other
+    /// workers take them, and returns once the batches running are answered (at most `grace`
+    /// later).
     /// `pulling` tells readiness whether the pull works. An error means the engine is gone.
     pub async fn run(
         mut self,
@@ -114,6 +116,9 @@ impl Batcher {
     ) -> anyhow::Result<()> {
         // The open pull, for at most as many tensors as the gatherer has room for.
         let mut pull: Option<Batch> = None;
+        // When stopping: what was gathered but not started, and what still arrives for the open
+        // pull, handed back once that pull has ended (so none can come back into it).
+        let mut held: Vec<Message> = Vec::new();
         // One batch at a time on each replica.
         let replicas = self.shared.engine.info().replicas.max(1);
         let mut inflight: JoinSet<Result<(), EngineError>> = JoinSet::new();
@@ -132,6 +137,10 @@ impl Batcher {
                 Next::WaitUntil(t) => Some(t),
                 Next::Idle => None,
             };
+            if draining && pull.is_none() && !held.is_empty() {
+                hand_back(&held).await;
+                held.clear();
+            }
             if draining && inflight.is_empty() && self.gather.is_empty() && pull.is_none() {
                 return Ok(());
             }
@@ -166,7 +175,7 @@ impl Batcher {
                          finishing the batches running");
                     draining = true;
                     drain_deadline = Instant::now() + grace;
-                    self.abandon().await;
+                    held.extend(self.gather.take_all().into_iter().map(|(item, _)| item.msg));
                 }
                 Some(done) = inflight.join_next(), if !inflight.is_empty() => {
                     match done {
@@ -185,7 +194,7 @@ impl Batcher {
                     Some(b) => b.next().await,
                     None => std::future::pending().await,
                 } }, if pull.is_some() => match next {
-                    Some(Ok(msg)) if draining => hand_back(&msg).await,
+                    Some(Ok(msg)) if draining => held.push(msg),
                     Some(Ok(msg)) => self.admit(msg).await,
                     Some(Err(e)) => tracing::warn!(error = %e, "pulling tensors failed"),
                     None => pull = None,
@@ -194,7 +203,7 @@ impl Batcher {
                 _ = tokio::time::sleep_until(restart.unwrap_or(far).into()), if restart.is_some() => {}
                 _ = tokio::time::sleep_until(drain_deadline.into()), if draining => {
                     inflight.detach_all();
-                    self.abandon().await;
+                    hand_back(&held).await;
                     bail!("shutdown grace period over with a batch still running");
                 }
             }
@@ -358,11 +367,13 @@ async fn fail_inference(shared: &Shared, item: &Item, error: String) {
         .await;
 }
 
-/// Gives a tensor this worker will not start back to the stream at once (stopping).
-async fn hand_back(msg: &Message) {
-    tracing::debug!(subject = %msg.subject, "stopping: handing a tensor back");
-    if let Err(e) = msg.ack_with(AckKind::Nak(None)).await {
-        tracing::warn!(error = %e, "cannot hand a tensor back; redelivered after the ack wait");
+/// Gives tensors this worker will not start back to the stream at once (stopping).
+async fn hand_back(msgs: &[Message]) {
+    for msg in msgs {
+        tracing::debug!(subject = %msg.subject, "stopping: handing a tensor back");
+        if let Err(e) = msg.ack_with(AckKind::Nak(None)).await {
+            tracing::warn!(error = %e, "cannot hand a tensor back; redelivered after the ack wait");
+        }
     }
 }
 

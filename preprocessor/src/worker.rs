@@ -138,9 +138,11 @@ pub async fn run(
 }
 
 /// Pulls and dispatches messages until `token` is cancelled. Each pull asks for as many messages
-/// as there are free slots, so every message that arrives can start at once; a message that
-/// arrives for the open pull after `token` is cancelled is handed back (nak, no delay) to the
-/// other preprocessors instead of waiting out the ack wait here.
+/// as there are free slots, so every message that arrives can start at once; what arrives for
+/// the open pull after `token` is cancelled is handed back (nak, no delay) to the other
+/// preprocessors once that pull has ended (at most [`PULL_EXPIRES`]), instead of waiting out the
+/// ack wait here. Handed back earlier, a message could be redelivered into the same pull and
+/// bounce, spending its deliveries.
 async fn consume(
     consumer: &PullConsumer,
     config: &Config,
@@ -181,6 +183,9 @@ async fn consume(
             }
         };
         let mut stopping = false;
+        // What arrives for the pull after `token` is cancelled; handed back once the pull has
+        // ended, so it cannot come straight back to this pull.
+        let mut held = Vec::new();
         loop {
             let next = tokio::select! {
                 _ = token.cancelled(), if !stopping => {
@@ -195,7 +200,7 @@ async fn consume(
                         restart_delay = Duration::from_millis(100);
                         start(tasks, permit, pipeline, settler, msg);
                     }
-                    None => hand_back(&msg).await,
+                    None => held.push(msg),
                 },
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "pulling requests failed");
@@ -204,6 +209,9 @@ async fn consume(
                 }
                 None => break,
             }
+        }
+        for msg in &held {
+            hand_back(msg).await;
         }
     }
 }
