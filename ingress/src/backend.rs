@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use protocol::messages::Outcome;
 use protocol::names::{
-    CANCEL_SUBJECT, HEADER_NATS_MSG_ID, REQUESTS_STREAM, REQUESTS_SUBJECT, TENSORS_STREAM,
+    CANCEL_SUBJECT, HEADER_NATS_MSG_ID, INGRESS_REQUESTS_SUBJECT, REQUESTS_STREAM, TENSORS_STREAM,
 };
 use protocol::{Error, ErrorCode, Prediction, RequestMeta};
 
@@ -84,7 +84,7 @@ impl NatsBackend {
         headers.insert(HEADER_NATS_MSG_ID, waiter.token());
         let ack = self
             .js
-            .publish_with_headers(REQUESTS_SUBJECT, headers, job.payload)
+            .publish_with_headers(INGRESS_REQUESTS_SUBJECT, headers, job.payload)
             .await
             .map_err(publish_error)?;
         // From here on the request is queued: if this future is dropped (the HTTP client went

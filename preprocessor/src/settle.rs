@@ -1,5 +1,5 @@
 //! One request message from the requests stream, end to end: read its metadata (a message whose
-//! reply subject fails [`protocol::reply_to::validate`] is terminated unanswered), run the
+//! reply subject fails [`protocol::reply_to::validate_request`] is terminated unanswered), run the
 //! [`Pipeline`], publish the tensor (awaiting the PubAck) and only then acknowledge the request;
 //! on error, redeliver later (transient, deliveries left) or reply with the error and terminate.
 //! Every error is logged with the request id: nothing is dropped silently.
@@ -151,7 +151,12 @@ impl Settler {
         let received_at_ms = now_ms();
         let delivery = Delivery::of(&msg);
         let (meta, meta_error) = read_meta(msg.headers.as_ref(), delivery.stream_sequence);
-        if let Some(Err(error)) = meta.reply_to.as_deref().map(reply_to::validate) {
+        let lane = msg.subject.as_str();
+        if let Some(Err(error)) = meta
+            .reply_to
+            .as_deref()
+            .map(|r| reply_to::validate_request(lane, r))
+        {
             self.refuse_reply_to(&msg, &meta, error).await;
             return;
         }

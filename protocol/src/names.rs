@@ -4,6 +4,11 @@
 pub const REQUESTS_STREAM: &str = "CLOTHESLINE_REQUESTS";
 /// Subject the requests stream captures; publish requests here.
 pub const REQUESTS_SUBJECT: &str = "clothesline.requests";
+/// Subject the ingress queues its requests on, also captured by the requests stream. With the
+/// per-role users only the ingress may publish here; a request on [`REQUESTS_SUBJECT`] (bulk and
+/// other clients) may only ask for answers under `clothesline.replies.bulk.` (see
+/// [`crate::reply_to::validate_request`]).
+pub const INGRESS_REQUESTS_SUBJECT: &str = "clothesline.requests.ingress";
 /// Durable pull consumer the preprocessors share on the requests stream.
 pub const PREPROCESSOR_CONSUMER: &str = "preprocessor";
 

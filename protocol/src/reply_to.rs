@@ -8,6 +8,9 @@
 //!   cost the publisher its connection), under [`REPLIES_PREFIX`] (never `$SYS`, `$JS`, `_INBOX`
 //!   or a stream's subject), tokens that are not empty and hold only printable ASCII without
 //!   wildcards. A message whose reply subject fails is terminated, counted and never answered.
+//! - **Lanes.** The ingress queues on `clothesline.requests.ingress`, which only it may publish to
+//!   with the per-role users; a request on `clothesline.requests` (bulk and other clients) may
+//!   only ask for answers under [`BULK_PREFIX`] ([`validate_request`]).
 //! - **Answers only from the real work.** An ingress gives each request a reply subject of its
 //!   own, `clothesline.replies.<instance>.<token>` ([`IngressReplies::new_reply_to`]), with
 //!   a [`TOKEN_LEN`]-character token of 128 random bits from the OS. It subscribes to
@@ -18,7 +21,7 @@
 //!   and are not secrets, tokens are.
 
 use crate::error::{Error, ErrorCode};
-use crate::names::REPLIES_PREFIX;
+use crate::names::{INGRESS_REQUESTS_SUBJECT, REPLIES_PREFIX};
 
 /// Longest reply subject accepted, in bytes.
 pub const MAX_LEN: usize = 256;
@@ -57,6 +60,23 @@ pub fn validate(subject: &str) -> Result<(), Error> {
         if !token.bytes().all(token_byte) {
             return refuse("whitespace, wildcard or non-printable character");
         }
+    }
+    Ok(())
+}
+
+/// Checks the reply subject of a request that was published on `published_on`: [`validate`], and
+/// a request not queued on the ingress's subject ([`INGRESS_REQUESTS_SUBJECT`], which only the
+/// ingress may publish to with the per-role users) may only ask for answers under
+/// [`BULK_PREFIX`]: bulk and other clients cannot direct answers to an ingress's subjects.
+pub fn validate_request(published_on: &str, subject: &str) -> Result<(), Error> {
+    validate(subject)?;
+    if published_on != INGRESS_REQUESTS_SUBJECT && !subject.starts_with(BULK_PREFIX) {
+        return Err(Error::new(
+            ErrorCode::BadRequest,
+            format!(
+                "invalid reply subject: a request on {published_on} must be answered under {BULK_PREFIX}"
+            ),
+        ));
     }
     Ok(())
 }
@@ -124,6 +144,7 @@ impl IngressReplies {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::names::REQUESTS_SUBJECT;
 
     #[test]
     fn plain_subjects_under_the_replies_prefix_pass() {
@@ -163,6 +184,17 @@ mod tests {
             assert_eq!(e.code, ErrorCode::BadRequest);
             assert!(e.message.len() < 100, "{}", e.message);
         }
+    }
+
+    #[test]
+    fn only_the_ingress_lane_may_ask_for_answers_outside_bulk() {
+        let ingress = "clothesline.replies.ingress-1.0123456789abcdef0123456789abcdef";
+        let bulk = "clothesline.replies.bulk.job-1";
+        assert!(validate_request(INGRESS_REQUESTS_SUBJECT, ingress).is_ok());
+        assert!(validate_request(INGRESS_REQUESTS_SUBJECT, bulk).is_ok());
+        assert!(validate_request(REQUESTS_SUBJECT, bulk).is_ok());
+        assert!(validate_request(REQUESTS_SUBJECT, ingress).is_err());
+        assert!(validate_request(REQUESTS_SUBJECT, "probe.>").is_err());
     }
 
     #[test]
