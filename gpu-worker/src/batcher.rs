@@ -2,6 +2,8 @@
 //! batches (policy in [`crate::gather`]) and runs one batch per engine replica at a time while it
 //! goes on collecting the next one (at most one batch waits). Each item is answered and acked
 //! after its batch. A failing batch is retried item by item, so only the poison item fails.
+//! Each pull asks for no more tensors than the gatherer has room for, so on shutdown everything
+//! held but not started can be handed back (nak) to the other workers at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::bail;
 use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::consumer::pull::Batch;
 use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt;
 use protocol::cancel::CancelSet;
@@ -16,6 +19,7 @@ use protocol::manifest::InputSpec;
 use protocol::messages::ModelRef;
 use protocol::meta::now_ms;
 use protocol::names::*;
+use protocol::reply_to;
 use protocol::{Error, ErrorCode, RequestMeta, TensorMessage};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -25,9 +29,9 @@ use crate::gather::{Gatherer, Next};
 use crate::metrics::Metrics;
 use crate::reply::{Responder, ack};
 
-/// Pull with this idle heartbeat, so a dead pull is noticed: two missed heartbeats end the pull
-/// and a new one is made (on a cluster, a pull left on a consumer leader that went away).
-const PULL_HEARTBEAT: Duration = Duration::from_secs(3);
+/// How long one pull waits on the server for tensors; a stopping worker waits at most this long
+/// for its open pull to end (handing back what arrives meanwhile).
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
 
 /// A checked tensor waiting for its batch.
 struct Item {
@@ -97,9 +101,12 @@ impl Batcher {
         self
     }
 
-    /// Runs until `shutdown`; then stops pulling, runs what it holds, and returns once the last
-    /// batch is answered (at most `grace` later). `pulling` tells readiness whether the pull works.
-    /// An error means the engine is gone.
+    /// Runs until `shutdown`; then stops pulling, hands back (nak, no delay) what it holds but
+    /// has not started and what still arrives for its open pull, once that pull has ended (at
+    /// most [`PULL_EXPIRES`]; earlier, a tensor could be redelivered into it and bounce), so other
+    /// workers take them, and returns once the batches running are answered (at most `grace`
+    /// later).
+    /// `pulling` tells readiness whether the pull works. An error means the engine is gone.
     pub async fn run(
         mut self,
         consumer: &PullConsumer,
@@ -107,7 +114,11 @@ impl Batcher {
         pulling: &AtomicBool,
         grace: Duration,
     ) -> anyhow::Result<()> {
-        let mut messages = None;
+        // The open pull, for at most as many tensors as the gatherer has room for.
+        let mut pull: Option<Batch> = None;
+        // When stopping: what was gathered but not started, and what still arrives for the open
+        // pull, handed back once that pull has ended (so none can come back into it).
+        let mut held: Vec<Message> = Vec::new();
         // One batch at a time on each replica.
         let replicas = self.shared.engine.info().replicas.max(1);
         let mut inflight: JoinSet<Result<(), EngineError>> = JoinSet::new();
@@ -126,41 +137,45 @@ impl Batcher {
                 Next::WaitUntil(t) => Some(t),
                 Next::Idle => None,
             };
-            if draining && inflight.is_empty() && self.gather.is_empty() {
+            if draining && pull.is_none() && !held.is_empty() {
+                hand_back(&held).await;
+                held.clear();
+            }
+            if draining && inflight.is_empty() && self.gather.is_empty() && pull.is_none() {
                 return Ok(());
             }
-            if messages.is_none() && !draining && now >= restart_at {
+            let room = self.gather.max_batch() - self.gather.len();
+            if pull.is_none() && !draining && room > 0 && now >= restart_at {
                 match consumer
-                    .stream()
-                    .max_messages_per_batch(self.gather.max_batch())
-                    .heartbeat(PULL_HEARTBEAT)
+                    .batch()
+                    .max_messages(room)
+                    .expires(PULL_EXPIRES)
                     .messages()
                     .await
                 {
-                    Ok(m) => {
-                        messages = Some(m);
+                    Ok(b) => {
+                        pull = Some(b);
                         pulling.store(true, Ordering::Relaxed);
+                        restart_delay = Duration::from_millis(100);
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot start pulling tensors; retrying");
+                        tracing::warn!(error = %e, "cannot pull tensors; retrying");
                         pulling.store(false, Ordering::Relaxed);
                         restart_at = Instant::now() + restart_delay;
                         restart_delay = (restart_delay * 2).min(Duration::from_secs(5));
                     }
                 }
             }
-            let pull = !draining && messages.is_some() && self.gather.wants_more();
             let far = now + Duration::from_secs(3600);
-            let restart = (messages.is_none() && !draining).then_some(restart_at);
+            let restart = (pull.is_none() && !draining && room > 0).then_some(restart_at);
             tokio::select! {
                 _ = shutdown.cancelled(), if !draining => {
                     tracing::info!(queued = self.gather.len(), running = inflight.len(),
-                        "stopping: no more pulls; finishing the batches held");
+                        "stopping: no more pulls; handing back what has not started, \
+                         finishing the batches running");
                     draining = true;
                     drain_deadline = Instant::now() + grace;
-                    // Messages the client buffered but we never took are redelivered after the
-                    // consumer's ack wait.
-                    messages = None;
+                    held.extend(self.gather.take_all().into_iter().map(|(item, _)| item.msg));
                 }
                 Some(done) = inflight.join_next(), if !inflight.is_empty() => {
                     match done {
@@ -175,28 +190,20 @@ impl Batcher {
                             "a batch task failed; its items will be redelivered"),
                     }
                 }
-                next = async { match messages.as_mut() {
-                    Some(m) => m.next().await,
+                next = async { match pull.as_mut() {
+                    Some(b) => b.next().await,
                     None => std::future::pending().await,
-                } }, if pull => match next {
-                    Some(Ok(msg)) => {
-                        restart_delay = Duration::from_millis(100);
-                        self.admit(msg).await;
-                    }
+                } }, if pull.is_some() => match next {
+                    Some(Ok(msg)) if draining => held.push(msg),
+                    Some(Ok(msg)) => self.admit(msg).await,
                     Some(Err(e)) => tracing::warn!(error = %e, "pulling tensors failed"),
-                    None => {
-                        tracing::warn!("the pull ended; restarting it");
-                        pulling.store(false, Ordering::Relaxed);
-                        messages = None;
-                        restart_at = Instant::now() + restart_delay;
-                        restart_delay = (restart_delay * 2).min(Duration::from_secs(5));
-                    }
+                    None => pull = None,
                 },
                 _ = tokio::time::sleep_until(wake.unwrap_or(far).into()), if wake.is_some() => {}
                 _ = tokio::time::sleep_until(restart.unwrap_or(far).into()), if restart.is_some() => {}
                 _ = tokio::time::sleep_until(drain_deadline.into()), if draining => {
                     inflight.detach_all();
-                    self.abandon().await;
+                    hand_back(&held).await;
                     bail!("shutdown grace period over with a batch still running");
                 }
             }
@@ -206,14 +213,21 @@ impl Batcher {
     /// Checks a pulled message and queues it, or answers it at once (expired, bad tensor).
     async fn admit(&mut self, msg: Message) {
         let responder = &self.shared.responder;
-        let meta = match RequestMeta::from_headers(msg.headers.as_ref(), || fallback_id(&msg)) {
-            Ok(meta) => meta,
-            Err(e) => {
-                let meta = lenient_meta(&msg);
-                responder.fail(&msg, &meta, e, AckKind::Term).await;
-                return;
-            }
-        };
+        let (meta, meta_error) =
+            match RequestMeta::from_headers(msg.headers.as_ref(), || fallback_id(&msg)) {
+                Ok(meta) => (meta, None),
+                Err(e) => (lenient_meta(&msg), Some(e)),
+            };
+        // Tensors can be published straight onto the stream: this is the first tier to read
+        // their reply subject.
+        if let Some(Err(e)) = meta.reply_to.as_deref().map(reply_to::validate) {
+            responder.refuse_reply_to(&msg, &meta, e).await;
+            return;
+        }
+        if let Some(e) = meta_error {
+            responder.fail(&msg, &meta, e, AckKind::Term).await;
+            return;
+        }
         if meta.expired_at(now_ms()) {
             responder.expire(&msg, &meta).await;
             return;
@@ -351,6 +365,16 @@ async fn fail_inference(shared: &Shared, item: &Item, error: String) {
         .responder
         .fail(&item.msg, &item.meta, error, AckKind::Term)
         .await;
+}
+
+/// Gives tensors this worker will not start back to the stream at once (stopping).
+async fn hand_back(msgs: &[Message]) {
+    for msg in msgs {
+        tracing::debug!(subject = %msg.subject, "stopping: handing a tensor back");
+        if let Err(e) = msg.ack_with(AckKind::Nak(None)).await {
+            tracing::warn!(error = %e, "cannot hand a tensor back; redelivered after the ack wait");
+        }
+    }
 }
 
 /// Naks items the engine could not run (it is gone): another replica takes them.

@@ -5,7 +5,8 @@
 //! - `max_batch` or more are queued: the first `max_batch` go at once;
 //! - fewer: they go when the oldest has waited `max_delay` (at once if it already has, e.g. it
 //!   arrived while the previous batch ran), or as soon as the batch fills up;
-//! - when draining (shutdown), whatever is queued goes at once.
+//! - when draining, whatever is queued goes at once (on shutdown the batcher hands the queue back
+//!   instead, so nothing that has not started waits for this worker).
 //!
 //! The queue holds at most one batch waiting ([`Gatherer::wants_more`]): beyond that the caller
 //! stops pulling, so other replicas get the work and nothing waits here near its ack deadline.

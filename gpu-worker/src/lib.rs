@@ -12,7 +12,7 @@
 //!
 //! [`run`] ties them together: health server first, then the model (loaded and warmed up on the
 //! engine threads) and NATS side by side, ready when all three are; on shutdown it stops pulling,
-//! finishes the batches it holds and returns.
+//! hands back the tensors it holds but has not started, finishes the batches running and returns.
 
 pub mod batcher;
 pub mod config;

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub cancelled: IntCounter,
     /// Cancelled request ids received on `clothesline.cancel`.
     pub cancellations_received: IntCounter,
+    /// Items terminated unanswered because their reply subject is invalid.
+    pub invalid_reply_subjects: IntCounter,
 }
 
 impl Metrics {
@@ -93,12 +95,17 @@ impl Metrics {
                 "Cancelled request ids received on clothesline.cancel.",
             )
             .expect("valid counter"),
+            invalid_reply_subjects: IntCounter::new(
+                "gpu_worker_invalid_reply_subjects_total",
+                "Items terminated unanswered because their Clothesline-Reply-To is invalid.",
+            )
+            .expect("valid counter"),
             registry,
         };
         for code in ERROR_CODES {
             m.errors.with_label_values(&[code.as_str()]);
         }
-        let collectors: [Box<dyn prometheus::core::Collector>; 9] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 10] = [
             Box::new(m.batch_size.clone()),
             Box::new(m.queue_wait.clone()),
             Box::new(m.inference.clone()),
@@ -108,6 +115,7 @@ impl Metrics {
             Box::new(m.cuda_memory.clone()),
             Box::new(m.cancelled.clone()),
             Box::new(m.cancellations_received.clone()),
+            Box::new(m.invalid_reply_subjects.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");
@@ -144,6 +152,7 @@ mod tests {
             "gpu_worker_expired_total",
             "gpu_worker_cancelled_total",
             "gpu_worker_cancellations_received_total",
+            "gpu_worker_invalid_reply_subjects_total",
             "gpu_worker_cuda_memory_bytes",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");

@@ -113,6 +113,16 @@ impl Responder {
         self.fail(msg, meta, error, AckKind::Ack).await;
     }
 
+    /// Terminates an item whose reply subject is invalid, unanswered (publishing there could
+    /// cost this worker its connection): counts it, with its error code.
+    pub async fn refuse_reply_to(&self, msg: &Message, meta: &RequestMeta, error: Error) {
+        tracing::warn!(request_id = %meta.request_id, error = %error.message,
+            "tensor terminated unanswered: invalid reply subject");
+        self.metrics.invalid_reply_subjects.inc();
+        self.metrics.error(error.code);
+        ack(msg, meta, AckKind::Term).await;
+    }
+
     /// Drops an item its caller cancelled: counts it and acks it, with no reply (nobody waits).
     pub async fn cancel(&self, msg: &Message, meta: &RequestMeta) {
         tracing::debug!(request_id = %meta.request_id, "cancelled by its caller; skipped");

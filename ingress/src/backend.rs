@@ -8,7 +8,9 @@ use async_nats::jetstream::{self, context::PublishErrorKind};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use protocol::messages::Outcome;
-use protocol::names::{CANCEL_SUBJECT, REQUESTS_STREAM, REQUESTS_SUBJECT, TENSORS_STREAM};
+use protocol::names::{
+    CANCEL_SUBJECT, HEADER_NATS_MSG_ID, INGRESS_REQUESTS_SUBJECT, REQUESTS_STREAM, TENSORS_STREAM,
+};
 use protocol::{Error, ErrorCode, Prediction, RequestMeta};
 
 use crate::replies::ReplyRouter;
@@ -71,12 +73,16 @@ impl Backend for NatsBackend {
 impl NatsBackend {
     async fn submit_inner(&self, job: Job) -> Result<Prediction, Error> {
         let deadline = tokio::time::Instant::now() + job.timeout;
-        let mut meta = RequestMeta::new(Some(self.router.subject().to_string()), Some(job.timeout));
+        // Register before publishing, so a fast reply cannot arrive before anyone waits; the
+        // request's reply subject is its own, with a token only this ingress knows.
+        let mut waiter = self.router.register(&job.request_id);
+        let mut meta = RequestMeta::new(Some(waiter.reply_to.clone()), Some(job.timeout));
         meta.request_id = job.request_id;
         meta.traceparent = job.traceparent;
-        // Register before publishing, so a fast reply cannot arrive before anyone waits.
-        let mut waiter = self.router.register(&meta.request_id);
-        let headers = meta.to_headers(&job.content_type);
+        let mut headers = meta.to_headers(&job.content_type);
+        // De-duplicated by the token, not by the caller's id: callers choose ids, and two
+        // requests sharing one must not swallow each other.
+        headers.insert(HEADER_NATS_MSG_ID, waiter.token());
         // From the first publish on the request may be queued: if this future is dropped (the
         // HTTP client went away) or the deadline passes before the reply, tell the workers not
         // to bother.
@@ -84,9 +90,17 @@ impl NatsBackend {
             client: self.client.clone(),
             id: Some(meta.request_id.clone()),
         };
-        // A leader election or a reconnect is retried until the deadline (same Nats-Msg-Id:
-        // stored once).
-        match publish_until(&self.js, REQUESTS_SUBJECT, headers, job.payload, deadline).await {
+        // A leader election or a reconnect is retried until the deadline (same Nats-Msg-Id, the
+        // token: stored once).
+        match publish_until(
+            &self.js,
+            INGRESS_REQUESTS_SUBJECT,
+            headers,
+            job.payload,
+            deadline,
+        )
+        .await
+        {
             Err(PublishFailure::Deadline) => return Err(deadline_error(job.timeout)),
             Err(PublishFailure::Refused(e)) => {
                 // Not queued: a cancellation would only spoil a retry under the same id.

@@ -1,6 +1,6 @@
 //! The ingress tier: the HTTP API users call. It queues each request on the JetStream requests
-//! stream with its reply subject in a header, and waits for the reply that the finishing tier
-//! publishes on this instance's reply subject.
+//! stream with its own reply subject in a header (under this instance's, with a secret token), and
+//! waits for the reply that the finishing tier publishes there.
 //!
 //! The same classification is offered to NATS services on `clothesline.classify` ([`service`]).
 //!
@@ -54,9 +54,9 @@ pub async fn serve(
         .connect(&format!("clothesline-ingress-{instance}"))
         .await?;
     let js = async_nats::jetstream::new(client.clone());
-    let router = ReplyRouter::new(protocol::names::reply_subject(&instance), metrics.clone());
-    let subscriber = client.subscribe(router.subject().to_string()).await?;
-    let routing = tokio::spawn(router.clone().route(subscriber));
+    let subjects = protocol::reply_to::IngressReplies::new(&instance)?;
+    let router = ReplyRouter::new(subjects, metrics.clone());
+    let routing = router.start(&client).await?;
 
     let state = AppState {
         backend: Arc::new(NatsBackend {
@@ -85,7 +85,7 @@ pub async fn serve(
             }
         })
     });
-    tracing::info!(addr = %listener.local_addr()?, reply_subject = router.subject(), "ingress listening");
+    tracing::info!(addr = %listener.local_addr()?, replies = router.subscription(), "ingress listening");
     let stop = token.clone();
     let shutdown = async move {
         shutdown.await;

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub inflight: IntGauge,
     /// Cancelled request ids received on `clothesline.cancel`.
     pub cancellations_received: IntCounter,
+    /// Requests terminated unanswered because their reply subject is invalid.
+    pub invalid_reply_subjects: IntCounter,
 }
 
 impl Metrics {
@@ -74,6 +76,11 @@ impl Metrics {
             "preprocessor_cancellations_received_total",
             "Cancelled request ids received on clothesline.cancel.",
         )?;
+        let invalid_reply_subjects = IntCounter::new(
+            "preprocessor_invalid_reply_subjects_total",
+            "Requests terminated unanswered because their Clothesline-Reply-To is invalid.",
+        )?;
+        registry.register(Box::new(invalid_reply_subjects.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(download_seconds.clone()))?;
@@ -100,6 +107,7 @@ impl Metrics {
             downloaded_bytes,
             inflight,
             cancellations_received,
+            invalid_reply_subjects,
         })
     }
 
@@ -140,6 +148,7 @@ mod tests {
             "preprocessor_inflight 1",
             "preprocessor_requests_total{outcome=\"cancelled\"} 0",
             "preprocessor_cancellations_received_total 0",
+            "preprocessor_invalid_reply_subjects_total 0",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

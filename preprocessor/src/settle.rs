@@ -1,4 +1,5 @@
-//! One request message from the requests stream, end to end: read its metadata, run the
+//! One request message from the requests stream, end to end: read its metadata (a message whose
+//! reply subject fails [`protocol::reply_to::validate_request`] is terminated unanswered), run the
 //! [`Pipeline`], publish the tensor (awaiting the PubAck) and only then acknowledge the request;
 //! on error, redeliver later (transient, deliveries left) or reply with the error and terminate.
 //! Every error is logged with the request id: nothing is dropped silently.
@@ -12,6 +13,7 @@ use protocol::cancel::CancelSet;
 use protocol::meta::{content_type, now_ms};
 use protocol::names::*;
 use protocol::publish::{PublishFailure, publish_until};
+use protocol::reply_to;
 use protocol::{Error, ErrorCode, Reply, RequestMeta, TensorMessage};
 
 use crate::metrics::{Metrics, outcome};
@@ -84,18 +86,6 @@ pub fn publish_error_code(kind: PublishErrorKind) -> ErrorCode {
     }
 }
 
-/// Whether an error reply may be published on `subject`: a plain subject, not a wildcard, not a
-/// system subject and not one of the streams' subjects (a reply there would be stored as work).
-pub fn reply_subject_ok(subject: &str) -> bool {
-    !subject.is_empty()
-        && subject.len() <= 1024
-        && !subject.starts_with('$')
-        && !subject.contains(|c: char| c.is_whitespace() || c == '*' || c == '>')
-        && !subject.split('.').any(str::is_empty)
-        && subject != REQUESTS_SUBJECT
-        && subject != TENSORS_SUBJECT
-}
-
 /// The delivery facts of a message.
 #[derive(Debug, Clone, Copy)]
 struct Delivery {
@@ -124,6 +114,16 @@ impl Delivery {
                 }
             }
         }
+    }
+}
+
+/// The tensor's `Nats-Msg-Id`: the request's place in its stream, so the tensor of a redelivered
+/// request is stored once, while two requests that share a request id (callers choose them) never
+/// swallow each other's tensor. The request id when the place is unknown.
+fn tensor_msg_id(meta: &RequestMeta, delivery: Delivery) -> String {
+    match delivery.stream_sequence {
+        0 => meta.request_id.clone(),
+        seq => format!("{REQUESTS_STREAM}-{seq}"),
     }
 }
 
@@ -156,6 +156,15 @@ impl Settler {
         let received_at_ms = now_ms();
         let delivery = Delivery::of(&msg);
         let (meta, meta_error) = read_meta(msg.headers.as_ref(), delivery.stream_sequence);
+        let lane = msg.subject.as_str();
+        if let Some(Err(error)) = meta
+            .reply_to
+            .as_deref()
+            .map(|r| reply_to::validate_request(lane, r))
+        {
+            self.refuse_reply_to(&msg, &meta, error).await;
+            return;
+        }
         let arrival = Arrival {
             received_at_ms,
             queue_ms: delivery
@@ -164,7 +173,10 @@ impl Settler {
         };
         let result = match meta_error {
             Some(error) => Err(error),
-            None => self.work(pipeline, &msg, &meta, arrival).await,
+            None => {
+                let msg_id = tensor_msg_id(&meta, delivery);
+                self.work(pipeline, &msg, &meta, arrival, &msg_id).await
+            }
         };
         match result {
             Ok(Done::Cancelled(when)) => {
@@ -194,6 +206,7 @@ impl Settler {
         msg: &jetstream::Message,
         meta: &RequestMeta,
         arrival: Arrival,
+        msg_id: &str,
     ) -> Result<Done, Error> {
         if self.is_cancelled(meta) {
             return Ok(Done::Cancelled("before preprocessing"));
@@ -206,7 +219,7 @@ impl Settler {
             return Ok(Done::Cancelled("before decoding"));
         }
         let tensor = pipeline.finish(fetched, arrival).await?;
-        self.publish_tensor(meta, &tensor).await?;
+        self.publish_tensor(meta, &tensor, msg_id).await?;
         Ok(Done::Published)
     }
 
@@ -222,8 +235,10 @@ impl Settler {
         &self,
         meta: &RequestMeta,
         tensor: &TensorMessage,
+        msg_id: &str,
     ) -> Result<(), Error> {
-        let headers = meta.to_headers(CONTENT_TYPE_MSGPACK);
+        let mut headers = meta.to_headers(CONTENT_TYPE_MSGPACK);
+        headers.insert(HEADER_NATS_MSG_ID, msg_id);
         let refused = |e: PublishError| {
             Error::new(
                 publish_error_code(e.kind()),
@@ -294,15 +309,27 @@ impl Settler {
         }
     }
 
-    /// Publishes the error reply over core NATS, if anyone listens; no flush.
+    /// A request whose reply subject is invalid: counted, terminated, never answered (publishing
+    /// there could cost this tier its connection, or reach a subject nobody should write to).
+    async fn refuse_reply_to(&self, msg: &jetstream::Message, meta: &RequestMeta, error: Error) {
+        self.metrics.invalid_reply_subjects.inc();
+        self.metrics.outcome(outcome::ERROR);
+        self.metrics.error(error.code);
+        tracing::warn!(request_id = %meta.request_id, error = %error.message,
+            "request terminated unanswered: invalid reply subject");
+        if let Err(e) = msg.ack_with(AckKind::Term).await {
+            tracing::warn!(request_id = %meta.request_id, error = %e, "cannot terminate the request");
+        }
+    }
+
+    /// Publishes the error reply over core NATS, if anyone listens (on a subject [`handle`]
+    /// validated); no flush.
+    ///
+    /// [`handle`]: Settler::handle
     async fn reply_error(&self, meta: &RequestMeta, error: Error) {
         let Some(reply_to) = meta.reply_to.as_deref() else {
             return;
         };
-        if !reply_subject_ok(reply_to) {
-            tracing::warn!(request_id = %meta.request_id, reply_to, "refusing to reply on this subject");
-            return;
-        }
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_REQUEST_ID, meta.request_id.as_str());
         headers.insert(HEADER_CONTENT_TYPE, CONTENT_TYPE_JSON);
@@ -367,24 +394,6 @@ mod tests {
         assert!(publish_error_code(PublishErrorKind::Other).is_transient());
         let too_big = publish_error_code(PublishErrorKind::MaxPayloadExceeded);
         assert!(!too_big.is_transient());
-    }
-
-    #[test]
-    fn replies_go_only_to_plain_subjects() {
-        assert!(reply_subject_ok("clothesline.replies.ingress-1"));
-        assert!(reply_subject_ok("_INBOX.abc"));
-        for bad in [
-            "",
-            "a b",
-            "a.*",
-            "a.>",
-            "$JS.API.x",
-            "a..b",
-            TENSORS_SUBJECT,
-            REQUESTS_SUBJECT,
-        ] {
-            assert!(!reply_subject_ok(bad), "{bad:?}");
-        }
     }
 
     #[test]

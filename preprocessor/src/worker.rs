@@ -1,7 +1,8 @@
 //! The tier's main loop: load the manifest, serve health and metrics, connect to NATS, wait for
 //! the durable consumer, then pull requests and handle up to `concurrency` at once. A message is
-//! pulled only once a slot is free: that is the backpressure. On shutdown, stop pulling and let
-//! the requests in flight finish (bounded by the grace period).
+//! pulled only once a slot is free: that is the backpressure. On shutdown, stop pulling, hand
+//! back (nak, no delay) what arrives for the last pull, and let the requests in flight finish
+//! (bounded by the grace period): scale-in loses no request to the ack wait.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,14 +10,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, consumer::PullConsumer};
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt;
 use protocol::Manifest;
 use protocol::cancel;
 use protocol::names::{PREPROCESSOR_CONSUMER, REQUESTS_STREAM};
 use protocol::provision::wait_for_consumer;
 use protocol::runtime::{ReadyCheck, nats_connected, serve_health, token_from};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -26,10 +27,9 @@ use crate::net::Downloader;
 use crate::pipeline::Pipeline;
 use crate::settle::Settler;
 
-/// Pull requests with this idle heartbeat, so a dead pull is noticed: two missed heartbeats end
-/// the pull and a new one is made. On a cluster a pull waiting on a consumer leader that went away
-/// is dead; with 15 s it took 30 s to notice, past a request's deadline.
-const PULL_HEARTBEAT: Duration = Duration::from_secs(3);
+/// How long one pull waits on the server for messages; a stopping preprocessor waits at most this
+/// long for its open pull to end (handing back what arrives meanwhile).
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// Most wait between attempts to restart a failed pull.
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(5);
 
@@ -137,7 +137,12 @@ pub async fn run(
     Ok(())
 }
 
-/// Pulls and dispatches messages until `token` is cancelled; restarts a pull that ends.
+/// Pulls and dispatches messages until `token` is cancelled. Each pull asks for as many messages
+/// as there are free slots, so every message that arrives can start at once; what arrives for
+/// the open pull after `token` is cancelled is handed back (nak, no delay) to the other
+/// preprocessors once that pull has ended (at most [`PULL_EXPIRES`]), instead of waiting out the
+/// ack wait here. Handed back earlier, a message could be redelivered into the same pull and
+/// bounce, spending its deliveries.
 async fn consume(
     consumer: &PullConsumer,
     config: &Config,
@@ -149,59 +154,91 @@ async fn consume(
     let slots = Arc::new(Semaphore::new(config.concurrency as usize));
     let mut restart_delay = Duration::from_millis(100);
     while !token.is_cancelled() {
+        // Free slots first, then a pull for that many: when all slots are busy, nothing is pulled.
+        let mut permits = tokio::select! {
+            _ = token.cancelled() => return,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => vec![p],
+                Err(_) => return,
+            },
+        };
+        while let Ok(p) = slots.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        while let Some(done) = tasks.try_join_next() {
+            log_panic(done);
+        }
         let pulled = consumer
-            .stream()
-            .max_messages_per_batch(config.concurrency as usize)
-            .heartbeat(PULL_HEARTBEAT)
+            .batch()
+            .max_messages(permits.len())
+            .expires(PULL_EXPIRES)
             .messages()
             .await;
-        let mut messages = match pulled {
-            Ok(m) => m,
+        let mut batch = match pulled {
+            Ok(b) => b,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot start pulling requests; retrying");
+                tracing::warn!(error = %e, "cannot pull requests; retrying");
                 pause(token, &mut restart_delay).await;
                 continue;
             }
         };
+        let mut stopping = false;
+        // What arrives for the pull after `token` is cancelled; handed back once the pull has
+        // ended, so it cannot come straight back to this pull.
+        let mut held = Vec::new();
         loop {
-            // A free slot first, then a message: when all slots are busy, nothing is pulled.
-            let permit = tokio::select! {
-                _ = token.cancelled() => return,
-                p = slots.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
-            };
-            while let Some(done) = tasks.try_join_next() {
-                log_panic(done);
-            }
             let next = tokio::select! {
-                _ = token.cancelled() => return,
-                m = messages.next() => m,
+                _ = token.cancelled(), if !stopping => {
+                    stopping = true;
+                    continue;
+                }
+                m = batch.next() => m,
             };
             match next {
-                Some(Ok(msg)) => {
-                    restart_delay = Duration::from_millis(100);
-                    let (pipeline, settler) = (pipeline.clone(), settler.clone());
-                    let inflight = settler.metrics.inflight.clone();
-                    inflight.inc();
-                    tasks.spawn(async move {
-                        let _permit = permit;
-                        let _gauge = GaugeGuard(inflight);
-                        settler.handle(&pipeline, msg).await;
-                    });
-                }
+                Some(Ok(msg)) => match permits.pop().filter(|_| !stopping) {
+                    Some(permit) => {
+                        restart_delay = Duration::from_millis(100);
+                        start(tasks, permit, pipeline, settler, msg);
+                    }
+                    None => held.push(msg),
+                },
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "pulling requests failed");
                     pause(token, &mut restart_delay).await;
-                }
-                None => {
-                    tracing::warn!("the pull ended; restarting it");
-                    pause(token, &mut restart_delay).await;
                     break;
                 }
+                None => break,
             }
         }
+        for msg in &held {
+            hand_back(msg).await;
+        }
+    }
+}
+
+/// Handles `msg` on a task of its own, holding `permit` (its slot) until done.
+fn start(
+    tasks: &mut JoinSet<()>,
+    permit: OwnedSemaphorePermit,
+    pipeline: &Pipeline,
+    settler: &Settler,
+    msg: jetstream::Message,
+) {
+    let (pipeline, settler) = (pipeline.clone(), settler.clone());
+    let inflight = settler.metrics.inflight.clone();
+    inflight.inc();
+    tasks.spawn(async move {
+        let _permit = permit;
+        let _gauge = GaugeGuard(inflight);
+        settler.handle(&pipeline, msg).await;
+    });
+}
+
+/// Gives a message this process will not start back to the stream at once (stopping).
+async fn hand_back(msg: &jetstream::Message) {
+    tracing::debug!(subject = %msg.subject, "stopping: handing a request back");
+    if let Err(e) = msg.ack_with(AckKind::Nak(None)).await {
+        tracing::warn!(error = %e, "cannot hand a request back; redelivered after the ack wait");
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`manifest`]: the model manifest every tier reads;
 //! - [`provision`]: idempotent creation of the JetStream streams and consumers;
 //! - [`meta`]: the per-request metadata carried in NATS headers;
+//! - [`reply_to`]: reply subjects: validation, and an ingress's per-request subjects;
 //! - [`runtime`]: what every binary shares (NATS connection options, logging, shutdown, health server).
 
 pub mod cancel;
@@ -18,6 +19,7 @@ pub mod meta;
 pub mod names;
 pub mod provision;
 pub mod publish;
+pub mod reply_to;
 pub mod runtime;
 
 pub use error::{Error, ErrorCode};

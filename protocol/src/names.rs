@@ -4,6 +4,11 @@
 pub const REQUESTS_STREAM: &str = "CLOTHESLINE_REQUESTS";
 /// Subject the requests stream captures; publish requests here.
 pub const REQUESTS_SUBJECT: &str = "clothesline.requests";
+/// Subject the ingress queues its requests on, also captured by the requests stream. With the
+/// per-role users only the ingress may publish here; a request on [`REQUESTS_SUBJECT`] (bulk and
+/// other clients) may only ask for answers under `clothesline.replies.bulk.` (see
+/// [`crate::reply_to::validate_request`]).
+pub const INGRESS_REQUESTS_SUBJECT: &str = "clothesline.requests.ingress";
 /// Durable pull consumer the preprocessors share on the requests stream.
 pub const PREPROCESSOR_CONSUMER: &str = "preprocessor";
 
@@ -24,7 +29,9 @@ pub const HEADER_TIMEOUT_MS: &str = "Clothesline-Timeout-Ms";
 /// Core-NATS subject on which the ingress publishes the id of a request whose caller went away.
 pub const CANCEL_SUBJECT: &str = "clothesline.cancel";
 
-/// Prefix of the per-ingress reply subjects: `clothesline.replies.<instance>`.
+/// Every reply subject starts with this: `clothesline.replies.<instance>.<token>` for an
+/// ingress's requests, `clothesline.replies.bulk.<anything>` for bulk clients (see
+/// [`crate::reply_to`]).
 pub const REPLIES_PREFIX: &str = "clothesline.replies";
 
 /// Request id: a unique id per request, also used as `Nats-Msg-Id` for de-duplication.
@@ -46,7 +53,7 @@ pub const HEADER_NATS_MSG_ID: &str = "Nats-Msg-Id";
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 pub const CONTENT_TYPE_MSGPACK: &str = "application/msgpack";
 
-/// The reply subject of one ingress instance.
+/// The root of one ingress instance's reply subjects (each request adds a token of its own).
 pub fn reply_subject(instance: &str) -> String {
     format!("{REPLIES_PREFIX}.{instance}")
 }

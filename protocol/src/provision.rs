@@ -117,9 +117,13 @@ impl Topology {
                 })
             }
         };
-        for (s, name, subject) in [
-            (&self.requests, REQUESTS_STREAM, REQUESTS_SUBJECT),
-            (&self.tensors, TENSORS_STREAM, TENSORS_SUBJECT),
+        for (s, name, subjects) in [
+            (
+                &self.requests,
+                REQUESTS_STREAM,
+                &[REQUESTS_SUBJECT, INGRESS_REQUESTS_SUBJECT][..],
+            ),
+            (&self.tensors, TENSORS_STREAM, &[TENSORS_SUBJECT][..]),
         ] {
             contract(
                 name,
@@ -128,8 +132,8 @@ impl Topology {
             )?;
             contract(
                 name,
-                s.subjects == [subject],
-                format!("subjects are {:?}, expected [{subject:?}]", s.subjects),
+                s.subjects == subjects,
+                format!("subjects are {:?}, expected {subjects:?}", s.subjects),
             )?;
             contract(
                 name,

@@ -3,8 +3,9 @@
 //! time) or while the connection moves to another server (broken pipe). Those are retried, with
 //! a short backoff, until a deadline; the caller sees an answer, not the election. The ingress
 //! queues requests with it, the preprocessor tensors.
-//! A retry cannot store a message twice: every publish carries the request id as `Nats-Msg-Id`,
-//! and the stream keeps one message per id within its duplicate window.
+//! A retry cannot store a message twice: every publish carries a `Nats-Msg-Id` of its own (the
+//! ingress's per-request token; `<requests stream>-<sequence>` for a tensor), and the stream keeps
+//! one message per id within its duplicate window.
 //! Refusals that a retry cannot change (a full queue, a message over the size limit, a
 //! permissions violation) are returned at once.
 

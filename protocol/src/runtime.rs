@@ -12,6 +12,9 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
+/// How often a tier pings its NATS server (see [`NatsArgs::connect`]).
+pub const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// NATS connection options, shared by every tier's command line.
 #[derive(Debug, Clone, clap::Args)]
 pub struct NatsArgs {
@@ -66,6 +69,10 @@ impl NatsArgs {
             .name(name)
             .retry_on_initial_connect()
             .max_reconnects(None)
+            // A server cut off the network leaves a connection that looks open: pings every
+            // PING_INTERVAL (two unanswered end it) make the client move to another server within
+            // seconds instead of minutes (async-nats' default is 60 s).
+            .ping_interval(PING_INTERVAL)
             .custom_inbox_prefix(&self.inbox_prefix)
             .event_callback(|event| async move { tracing::info!(%event, "nats connection event") });
         if let Some(creds) = &self.creds {

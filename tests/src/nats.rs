@@ -178,6 +178,26 @@ impl NatsServer {
         async_nats::connect(self.url()).await.unwrap()
     }
 
+    /// The connections the server closed or saw close, from its monitoring port
+    /// (`/connz?state=closed`): each one's name and reason (e.g. "Maximum Control Line
+    /// Exceeded", "Client Closed").
+    pub async fn closed_connections(&self) -> Vec<(String, String)> {
+        let url = format!(
+            "http://127.0.0.1:{}/connz?state=closed&limit=1024",
+            self.monitor_port
+        );
+        let connz: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+        let field = |c: &serde_json::Value, name: &str| c[name].as_str().unwrap_or("").to_string();
+        connz["connections"]
+            .as_array()
+            .map(|all| {
+                all.iter()
+                    .map(|c| (field(c, "name"), field(c, "reason")))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Kills the server (SIGKILL) and starts it again on the same port and store.
     pub async fn restart(&mut self) {
         self.kill();

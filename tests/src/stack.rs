@@ -79,6 +79,21 @@ impl Tier {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// SIGTERM, as Kubernetes sends on scale-in or a rollout; then waits for the process to exit,
+    /// at most `within` (it panics past that), and returns how it exited.
+    pub async fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -TERM {pid}");
+        let what = format!("{} to exit after SIGTERM", self.name);
+        let child = &mut self.child;
+        wait_until(&what, within, || {
+            let exited = child.try_wait().unwrap();
+            async move { exited }
+        })
+        .await
+    }
 }
 
 impl Drop for Tier {
@@ -109,6 +124,32 @@ pub struct Stack {
     pub worker: Tier,
     pub http: reqwest::Client,
     opts: StackOptions,
+}
+
+fn spawn_worker(opts: &StackOptions, nats_url: &str, i: usize) -> Tier {
+    let port = free_port();
+    let mut args = vec![
+        "--manifest".into(),
+        opts.manifest.display().to_string(),
+        "--http-addr".into(),
+        format!("127.0.0.1:{port}"),
+        "--device".into(),
+        "cpu".into(),
+    ];
+    args.extend(opts.worker_args.iter().cloned());
+    let name = if i == 0 {
+        "gpu-worker".to_string()
+    } else {
+        format!("gpu-worker-{i}")
+    };
+    spawn(
+        &name,
+        "clothesline-gpu-worker",
+        port,
+        nats_url,
+        &nats_env(opts.nats_auth, "gpu-worker"),
+        &args,
+    )
 }
 
 fn spawn_preprocessor(opts: &StackOptions, nats_url: &str, i: usize) -> Tier {
@@ -201,7 +242,8 @@ async fn wait_ready(http: &reqwest::Client, tier: &Tier) {
 }
 
 /// The three tiers as processes against NATS at a given URL (one server, or a cluster's list):
-/// what [`Stack`] runs on its own server, and what cluster tests run on a [`crate::cluster::NatsCluster`].
+/// what [`Stack`] runs on its own server, and what cluster tests run on a
+/// [`crate::cluster::NatsCluster`].
 pub struct Tiers {
     pub ingress: Tier,
     pub preprocessors: Vec<Tier>,
@@ -213,25 +255,7 @@ impl Tiers {
     /// Starts the gpu-worker, the preprocessors and the ingress against `nats_url` (streams
     /// already provisioned) and waits until each is ready.
     pub async fn start(nats_url: &str, opts: &StackOptions) -> Self {
-        let manifest = opts.manifest.display().to_string();
-        let worker_port = free_port();
-        let mut worker_args = vec![
-            "--manifest".into(),
-            manifest,
-            "--http-addr".into(),
-            format!("127.0.0.1:{worker_port}"),
-            "--device".into(),
-            "cpu".into(),
-        ];
-        worker_args.extend(opts.worker_args.iter().cloned());
-        let worker = spawn(
-            "gpu-worker",
-            "clothesline-gpu-worker",
-            worker_port,
-            nats_url,
-            &nats_env(opts.nats_auth, "gpu-worker"),
-            &worker_args,
-        );
+        let worker = spawn_worker(opts, nats_url, 0);
 
         let preprocessors = (0..opts.preprocessors)
             .map(|i| spawn_preprocessor(opts, nats_url, i))
@@ -299,6 +323,14 @@ impl Stack {
         wait_ready(&self.http, &tier).await;
         self.preprocessors.push(tier);
         &self.preprocessors[i]
+    }
+
+    /// Starts another gpu-worker, with the stack's options, and waits until it is ready; the
+    /// caller holds it (SIGKILLed on drop).
+    pub async fn add_worker(&self, i: usize) -> Tier {
+        let tier = spawn_worker(&self.opts, &self.opts.tier_nats_url(&self.nats), i);
+        wait_ready(&self.http, &tier).await;
+        tier
     }
 
     /// `POST /predict {"url": url}`: the status and the JSON body.

@@ -385,7 +385,10 @@ async fn bad_requests_images_and_origins_get_their_codes() {
     // The same checks where the ingress cannot catch them: a plain NATS client publishing bad
     // requests straight into the stream gets the error in its reply.
     let client = stack.nats.client().await;
-    let mut replies = client.subscribe("bad-inputs.replies").await.unwrap();
+    let mut replies = client
+        .subscribe("clothesline.replies.bulk.bad-inputs")
+        .await
+        .unwrap();
     let js = jetstream::new(client.clone());
     let json = (HEADER_CONTENT_TYPE, CONTENT_TYPE_JSON);
     let jpeg = (HEADER_CONTENT_TYPE, "image/jpeg");
@@ -407,7 +410,7 @@ async fn bad_requests_images_and_origins_get_their_codes() {
     ];
     for (id, extra, payload, _) in &cases {
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert(HEADER_REPLY_TO, "bad-inputs.replies");
+        headers.insert(HEADER_REPLY_TO, "clothesline.replies.bulk.bad-inputs");
         headers.insert(HEADER_REQUEST_ID, *id);
         for (name, value) in extra {
             headers.insert(*name, *value);

@@ -105,7 +105,7 @@ async fn ids_cancelled_before_their_messages_arrive_are_skipped_by_both_workers(
         stack.preprocessors[0].url("/metrics"),
         stack.worker.url("/metrics"),
     );
-    let replies_subject = "clothesline.replies.cancellation-test";
+    let replies_subject = "clothesline.replies.bulk.cancellation-test";
     let mut replies = client.subscribe(replies_subject).await.unwrap();
 
     // Both workers know of the cancelled ids before the messages exist.

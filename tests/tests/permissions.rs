@@ -83,6 +83,7 @@ async fn tiers_are_refused_outside_their_job() {
     let mut bulk = Role::connect(&nats, "bulk").await;
     bulk.publish_refused(&pull_requests).await;
     bulk.publish_refused(TENSORS_SUBJECT).await;
+    bulk.publish_refused(INGRESS_REQUESTS_SUBJECT).await;
     bulk.publish_refused(SERVICE_SUBJECT).await;
     bulk.subscribe_refused("clothesline.replies.ingress-1")
         .await;
@@ -187,6 +188,7 @@ async fn public_may_only_call_the_service() {
 
     // Nothing else: no queueing, no reading of replies, queues or the stream API, no discovery.
     public.publish_refused(REQUESTS_SUBJECT).await;
+    public.publish_refused(INGRESS_REQUESTS_SUBJECT).await;
     public.publish_refused(TENSORS_SUBJECT).await;
     public.publish_refused(CANCEL_SUBJECT).await;
     public

@@ -44,7 +44,7 @@ async fn each_role_can_do_its_job() {
         ingress.js().get_stream(stream).await.unwrap();
     }
     let h = request_headers("r-ingress", &reply_subject("ingress-1"), CONTENT_TYPE_JSON);
-    js_publish(&ingress.js(), REQUESTS_SUBJECT, h, b"{}").await;
+    js_publish(&ingress.js(), INGRESS_REQUESTS_SUBJECT, h, b"{}").await;
     let h = request_headers(
         "r-bulk",
         "clothesline.replies.bulk.job-7",

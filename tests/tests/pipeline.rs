@@ -143,10 +143,16 @@ async fn uploads_and_plain_nats_clients_get_the_same_answer() {
     // The same bytes published straight into the requests stream by a plain NATS client,
     // with a reply subject of its own in the header.
     let client = stack.nats.client().await;
-    let mut replies = client.subscribe("my-service.results").await.unwrap();
+    let mut replies = client
+        .subscribe("clothesline.replies.bulk.my-service.results")
+        .await
+        .unwrap();
     let js = async_nats::jetstream::new(client.clone());
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert(HEADER_REPLY_TO, "my-service.results");
+    headers.insert(
+        HEADER_REPLY_TO,
+        "clothesline.replies.bulk.my-service.results",
+    );
     headers.insert(HEADER_REQUEST_ID, "bulk-1");
     headers.insert(HEADER_CONTENT_TYPE, "image/jpeg");
     js.publish_with_headers(REQUESTS_SUBJECT, headers, jpeg.clone().into())
