@@ -2,7 +2,8 @@
 
 /// Work-queue stream holding classification requests (JSON `{"url"}` or raw image bytes).
 pub const REQUESTS_STREAM: &str = "CLOTHESLINE_REQUESTS";
-/// Subject the requests stream captures; publish requests here.
+/// Subject the requests stream captures for bulk and other clients: publish requests here (their
+/// answers only under `clothesline.replies.bulk.`; the ingress uses [`INGRESS_REQUESTS_SUBJECT`]).
 pub const REQUESTS_SUBJECT: &str = "clothesline.requests";
 /// Subject the ingress queues its requests on, also captured by the requests stream. With the
 /// per-role users only the ingress may publish here; a request on [`REQUESTS_SUBJECT`] (bulk and
