@@ -103,11 +103,11 @@ build_nats() {
 build_prometheus() {
   local deb
   mkdir -p "$CACHE_DIR/debs"
-  deb="$(find "$CACHE_DIR/debs" -name 'prometheus_*.deb' | head -n 1)"
+  deb="$(find "$CACHE_DIR/debs" -name 'prometheus_*.deb' | sed -n 1p)"
   if [ -z "$deb" ]; then
     log "downloading Debian's prometheus package"
     (cd "$CACHE_DIR/debs" && apt-get download prometheus >/dev/null)
-    deb="$(find "$CACHE_DIR/debs" -name 'prometheus_*.deb' | head -n 1)"
+    deb="$(find "$CACHE_DIR/debs" -name 'prometheus_*.deb' | sed -n 1p)"
   fi
   dpkg-deb -x "$deb" "$WORK/prometheus-deb"
   build_from prometheus "$BASE_PREFIX/prometheus:$SUITE" "$WORK/prometheus-deb/usr/bin/prometheus"

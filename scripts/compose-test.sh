@@ -13,8 +13,8 @@
 #   6. prints the image sizes and the times to healthy and to the first answer
 # Takes about 5 minutes once the images exist (SKIP_BUILD=1), plus the builds (see README).
 # Environment: SKIP_BUILD (reuse the images), HOST_PROFILE (release; dev builds faster),
-# KEEP_UP (leave the stack running), INGRESS_PORT (18080), NATS_PORT (14222),
-# NATS_MONITOR_PORT (18222), LOAD_RATE (5), LOAD_SECS (30), CLOTHESLINE_DATASET.
+# KEEP_UP (leave the stack running), INGRESS_PORT, NATS_PORT,
+# NATS_MONITOR_PORT (0: free ones), LOAD_RATE (5), LOAD_SECS (30), CLOTHESLINE_DATASET.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/compose.sh
@@ -27,8 +27,8 @@ LOADTEST="target/$profile_dir/clothesline-loadtest"
 LOAD_RATE="${LOAD_RATE:-5}"
 LOAD_SECS="${LOAD_SECS:-30}"
 export TAG=dev NATS_IMAGE=clothesline-base/nats:2.12.8 ALLOW_PRIVATE_ADDRESSES=true
-export INGRESS_PORT="${INGRESS_PORT:-18080}" NATS_PORT="${NATS_PORT:-14222}" NATS_MONITOR_PORT="${NATS_MONITOR_PORT:-18222}"
-API="http://127.0.0.1:$INGRESS_PORT"
+# Port 0: Docker picks free host ports (other tests run on this machine); read back after up.
+export INGRESS_PORT="${INGRESS_PORT:-0}" NATS_PORT="${NATS_PORT:-0}" NATS_MONITOR_PORT="${NATS_MONITOR_PORT:-0}"
 IMAGE_SERVER="$PROJECT-images"
 WORK="$(mktemp -d -t clothesline-compose.XXXXXX)"
 
@@ -47,7 +47,7 @@ if [ -z "${SKIP_BUILD:-}" ]; then
   cargo build --locked --profile "$HOST_PROFILE" -p clothesline-loadtest
 fi
 dataset_sample "$WORK/images" 2
-first="$(cd "$WORK/images" && find . -name '*.jpg' | sort | head -n 1)"
+first="$(cd "$WORK/images" && find . -name '*.jpg' | sort | sed -n 1p)"
 first="${first#./}"
 
 clog "compose up (${COMPOSE[*]})"
@@ -55,6 +55,7 @@ compose down -v --remove-orphans >/dev/null 2>&1 || true
 started=$SECONDS
 compose up -d --no-build
 wait_until 300 "every tier healthy" healthy ingress
+API="http://$(published ingress 8080)"
 to_healthy=$((SECONDS - started))
 clog "healthy after ${to_healthy}s"
 
@@ -89,7 +90,7 @@ PY
 }
 
 clog "20 images over NATS (clothesline.classify as public)"
-"$LOADTEST" run --target nats --upload --nats-url "nats://127.0.0.1:$NATS_PORT" --nats-user public \
+"$LOADTEST" run --target nats --upload --nats-url "nats://$(published nats 4222)" --nats-user public \
   --nats-password "${NATS_PASSWORD_PUBLIC:-dev-public}" --images "$WORK/images" --requests 20 \
   --concurrency 4 --json "$WORK/nats.json" >"$WORK/nats.txt" 2>&1
 all_ok "$WORK/nats.json" 20 nats_ok || { clog "FAIL: not every NATS request answered"; exit 1; }

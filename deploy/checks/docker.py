@@ -284,17 +284,19 @@ NATS_ROLES = ("INGRESS", "PREPROCESSOR", "GPU_WORKER", "PROVISION", "PUBLIC", "B
 
 def check_nats_configs(report: Report, rendered: dict[str, list[dict]]) -> None:
     """`nats-server -t` (parse and check, unknown fields refused) on every NATS config."""
-    configs = {"nats/nats-server.conf": (ROOT / "nats/nats-server.conf").read_text()}
+    configs = {name: (ROOT / name).read_text() for name in ("nats/nats-server.conf", "nats/nats-cluster.conf")}
     for overlay, objects in rendered.items():
         if by_kind(objects, "ConfigMap"):
             configs[f"{overlay}: ConfigMap nats-config"] = nats_conf(objects)
     server = tool("nats-server")
     with tempfile.TemporaryDirectory() as tmp:
+        # nats-cluster.conf includes ./auth.conf.
+        (Path(tmp) / "auth.conf").write_text((ROOT / "nats/auth.conf").read_text())
         for name, text in configs.items():
             path = Path(tmp) / "nats.conf"
             path.write_text(text)
             # The per-role passwords come from the environment (Secret nats-users): placeholders.
             passwords = {f"NATS_PASSWORD_{role}": "check" for role in NATS_ROLES}
-            env = {**os.environ, "POD_NAME": "nats-0", **passwords}
+            env = {**os.environ, "POD_NAME": "nats-0", "NATS_SERVER_NAME": "nats-1", **passwords}
             out = run([server, "-t", "-c", str(path)], env=env)
             report.add(f"nats-server -t accepts {name}", [] if out.returncode == 0 else [out.stderr.strip()])

@@ -5,6 +5,7 @@
 #   clog MESSAGE             a line on stderr with the seconds since the script started
 #   wait_until SECS WHAT CMD...   runs CMD every half second until it succeeds; fails after SECS
 #   healthy SERVICE          every container of SERVICE reports healthy
+#   published SERVICE PORT   the host address:port a service's container port is published on
 #   containers [SERVICE]     ids of the project's containers (of one service), stopped ones too
 #   check_stopped_cleanly    every container of the project exited 0 or 143 (SIGTERM), none 137
 #   dataset_sample DIR N     N images per class of the validation split, copied to DIR/<class>/
@@ -42,6 +43,8 @@ containers() {
     ${1:+--filter "label=com.docker.compose.service=$1"}
 }
 
+published() { docker port "$(containers "$1" | sed -n 1p)" "$2/tcp" | grep '^127.0.0.1:\|^0.0.0.0:' | sed -n "s/^0.0.0.0:/127.0.0.1:/; 1p"; }
+
 healthy() {
   local ids id
   ids="$(containers "$1")"
@@ -72,6 +75,6 @@ dataset_sample() {
   for class in "$dataset"/*/; do
     class="$(basename "$class")"
     mkdir -p "$dir/$class"
-    find "$dataset/$class" -maxdepth 1 -name '*.jpg' | sort | head -n "$n" | xargs -r cp -t "$dir/$class"
+    find "$dataset/$class" -maxdepth 1 -name '*.jpg' | sort | sed -n "1,${n}p" | xargs -r cp -t "$dir/$class"
   done
 }
