@@ -27,6 +27,7 @@ SCRIPTS = (
     "scripts/base-images.sh",
     "scripts/compose-test.sh",
     "scripts/lib/compose.sh",
+    "scripts/partition-test.sh",
 )
 # Images that are a variant of a tier's: image -> tier.
 VARIANTS = {"gpu-worker-cpu": "gpu-worker"}
