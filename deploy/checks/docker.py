@@ -246,7 +246,7 @@ def dockerignore_problems() -> list[str]:
     out += [f"{p} is left out of the build context" for p in ("target/prebuilt/clothesline-ingress",) if ignored(p, patterns)]
     # Documentation stays out: a README edit must not rebuild the images (`COPY . .`).
     for p in ("target/release/x", ".git/HEAD", "k8s/base/kustomization.yaml", "model/train.py", "rust-toolchain.toml",
-              "README.md", "RELIABILITY.md", "model/README.md", "compose.yml", "scripts/test.sh"):
+              "README.md", "RELIABILITY.md", "model/README.md", "compose.yml", "scripts/test.sh", ".env"):
         if not ignored(p, patterns):
             out.append(f"{p} is sent to the build context")
     return out
