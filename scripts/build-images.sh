@@ -88,7 +88,7 @@ stage_prebuilt() {
     local rel="${path#target/prebuilt/}" from
     case "$rel" in
       clothesline-*) from="target/$profile_dir/$rel" ;;
-      torch/* | nvidia/*) from="$site_packages/$rel" ;;
+      torch | torch/* | nvidia | nvidia/*) from="$site_packages/$rel" ;;
       *) log "$dockerfile: no source for $path"; exit 2 ;;
     esac
     mkdir -p "$(dirname "$path")"
