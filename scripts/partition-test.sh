@@ -25,7 +25,7 @@ COMPOSE_FILES=compose.cluster.yml
 HOST_PROFILE="${HOST_PROFILE:-release}"
 profile_dir="$HOST_PROFILE"
 [ "$HOST_PROFILE" = dev ] && profile_dir=debug
-LOADTEST="target/$profile_dir/clothesline-loadtest"
+LOADTEST="${LOADTEST:-target/$profile_dir/clothesline-loadtest}"
 LOAD_RATE="${LOAD_RATE:-5}"
 LOAD_SECS="${LOAD_SECS:-60}"
 HOLD_SECS="${HOLD_SECS:-30}"
