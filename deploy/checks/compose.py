@@ -58,10 +58,19 @@ def check_compose(report: Report, contract: Contract | None) -> None:
                 problems.append(f"{name} depends on unknown {dep}")
             elif cond["condition"] == "service_healthy" and "healthcheck" not in services[dep]:
                 problems.append(f"{name} waits for {dep} to be healthy, which has no health check")
-    order = {"provision": "nats", "gpu-worker": "provision", "preprocessor": "provision", "ingress": "preprocessor"}
-    for svc, dep in order.items():
-        if dep not in depends_on(services[svc]):
-            problems.append(f"{svc} does not wait for {dep}")
+    # The header comment's start order: ingress comes up after both workers.
+    order = {"provision": ["nats"], "gpu-worker": ["provision"], "preprocessor": ["provision"],
+             "ingress": ["preprocessor", "gpu-worker"]}
+    for svc, deps in order.items():
+        for dep in deps:
+            if depends_on(services[svc]).get(dep, {}).get("condition") not in ("service_healthy", "service_completed_successfully"):
+                problems.append(f"{svc} does not wait for {dep} to be ready")
+    # The CPU worker runs the CPU-only image, the gpu profile's the CUDA one.
+    for name, image in (("gpu-worker", "gpu-worker-cpu"), ("gpu-worker-cuda", "gpu-worker")):
+        svc = services.get(name, {})
+        if not str(svc.get("image", "")).startswith(f"clothesline/{image}:") or \
+                svc.get("build", {}).get("dockerfile") != f"docker/{image}.Dockerfile":
+            problems.append(f"{name} does not run clothesline/{image} built from docker/{image}.Dockerfile")
     if services["provision"].get("restart") != "no":
         problems.append("provision is a one-shot service (restart: no)")
     if str(services["preprocessor"].get("deploy", {}).get("replicas")) != "2":
@@ -77,6 +86,13 @@ def check_compose(report: Report, contract: Contract | None) -> None:
         if name in SERVICE_TIER and name != "provision":
             if not (svc.get("read_only") and "ALL" in svc.get("cap_drop", [])):
                 problems.append(f"{name}: not a read-only container without capabilities")
+    # Docker Engine 20.10 (API 1.41) and docker-compose 1.29, what the machines here run, refuse
+    # health check options of API 1.44.
+    for name, svc in services.items():
+        if "start_interval" in svc.get("healthcheck", {}):
+            problems.append(f"{name}: healthcheck start_interval needs Docker API 1.44 (Engine 25)")
+    if "name" in raw:
+        problems.append("top-level `name` is refused by docker-compose 1.29: the project name is in .env")
     report.add("compose.yml: start order, replicas, profiles, locked-down tiers", problems)
     if contract:
         report.add("compose.yml: environment, ports and health checks agree with the code", tier_problems(spec, contract))
