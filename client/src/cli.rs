@@ -45,8 +45,12 @@ pub struct ClassifyArgs {
     #[arg(long)]
     pub json: bool,
     /// Base URL of the ingress's HTTP API.
-    #[arg(long, env = "CLOTHESLINE_URL", default_value = "http://127.0.0.1:8080")]
-    pub url: String,
+    #[arg(
+        long = "url",
+        env = "CLOTHESLINE_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub http_url: String,
     /// Images in flight at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
@@ -64,7 +68,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     let transport = if args.nats {
         Transport::nats(&args.nats_args, timeout).await?
     } else {
-        Transport::http(&args.url, timeout, args.top_k)?
+        Transport::http(&args.http_url, timeout, args.top_k)?
     };
     let progress = progress_bar(args.inputs.len());
     let mut printer = Printer::new(args.json, progress.clone());
@@ -99,4 +103,37 @@ fn progress_bar(len: usize) -> ProgressBar {
         bar.set_style(style);
     }
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_api_url_and_nats_url_are_separate_options() {
+        let cli = Cli::try_parse_from([
+            "clothesline",
+            "classify",
+            "--url",
+            "http://h:1",
+            "--nats-url",
+            "nats://n:2",
+            "a.jpg",
+        ])
+        .map_err(|e| e.to_string());
+        let Ok(Cli {
+            command: Command::Classify(args),
+        }) = cli
+        else {
+            panic!("{cli:?}");
+        };
+        assert_eq!(args.http_url, "http://h:1");
+        assert_eq!(args.nats_args.url, "nats://n:2");
+    }
 }

@@ -55,8 +55,8 @@ function showResult(body) {
   }
   $("status").replaceChildren(
     top,
-    el("p", { class: "meta", id: "model" },
-      `${body.model.name} ${body.model.version} · ${ms(t.total_ms)} in all`),
+    el("p", { class: "meta", id: "model" }, `${body.model.name} ${body.model.version}`),
+    el("p", { class: "meta" }, `${ms(t.total_ms)} in all, by tier:`),
     stack, legend);
   $("output").removeAttribute("aria-busy");
 }

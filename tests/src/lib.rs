@@ -3,6 +3,7 @@
 //! three tiers as real processes ([`stack::Stack`]). Everything is killed on drop.
 #![allow(clippy::unwrap_used)]
 
+pub mod examples;
 pub mod files;
 pub mod nats;
 pub mod origin;
