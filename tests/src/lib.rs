@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod cluster;
+pub mod examples;
 pub mod files;
 pub mod nats;
 pub mod origin;
