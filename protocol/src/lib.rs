@@ -8,6 +8,7 @@
 //! - [`manifest`]: the model manifest every tier reads;
 //! - [`provision`]: idempotent creation of the JetStream streams and consumers;
 //! - [`meta`]: the per-request metadata carried in NATS headers;
+//! - [`redact`]: credentials taken out of URLs before they are echoed or logged;
 //! - [`runtime`]: what every binary shares (NATS connection options, logging, shutdown, health server).
 
 pub mod cancel;
@@ -17,6 +18,7 @@ pub mod messages;
 pub mod meta;
 pub mod names;
 pub mod provision;
+pub mod redact;
 pub mod runtime;
 
 pub use error::{Error, ErrorCode};
