@@ -14,7 +14,7 @@ use protocol::names::*;
 use protocol::{Error, ErrorCode, Reply, RequestMeta, TensorMessage};
 
 use crate::metrics::{Metrics, outcome};
-use crate::pipeline::{Arrival, Pipeline};
+use crate::pipeline::{Arrival, Gate, Pipeline};
 
 /// What the handler needs besides the pipeline.
 #[derive(Clone)]
@@ -200,7 +200,14 @@ impl Settler {
         if self.is_cancelled(meta) {
             return Ok(Done::Cancelled("before decoding"));
         }
-        let tensor = pipeline.finish(fetched, arrival).await?;
+        let cancelled = || self.is_cancelled(meta);
+        let gate = Gate {
+            meta,
+            cancelled: &cancelled,
+        };
+        let Some(tensor) = pipeline.finish(fetched, arrival, gate).await? else {
+            return Ok(Done::Cancelled("while waiting to be decoded"));
+        };
         self.publish_tensor(meta, &tensor).await?;
         Ok(Done::Published)
     }
