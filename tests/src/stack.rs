@@ -74,6 +74,28 @@ impl Tier {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }
 
+    /// What it logged so far; `None` when its log goes to the test's stderr.
+    pub fn log_text(&self) -> Option<String> {
+        let log = self.log.as_ref()?;
+        std::fs::read_to_string(log.path()).ok()
+    }
+
+    /// SIGTERM, as an orchestrator stops it; then waits for the exit at most `within`.
+    /// Whether it exited in time (it is SIGKILLed otherwise, on drop).
+    pub async fn terminate(&mut self, within: Duration) -> bool {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
