@@ -101,29 +101,25 @@ async fn read_within<T>(
     read: impl std::future::Future<Output = Result<T, AppError>>,
 ) -> Result<T, AppError> {
     let left = call.timeout.saturating_sub(call.started.elapsed());
-    let cut = async {
-        match cut {
-            Some(SlowClientCut(token)) => token.cancelled_owned().await,
+    let cut_off = async {
+        match &cut {
+            Some(cut) => cut.token.cancelled().await,
             None => std::future::pending().await,
         }
     };
-    let closed = |reason: &str| {
-        state
-            .metrics
-            .connections_closed
-            .with_label_values(&[reason])
-            .inc()
-    };
     tokio::select! {
         read = tokio::time::timeout(left, read) => read.unwrap_or_else(|_| {
-            closed("body_timeout");
+            state.metrics.connections_closed.with_label_values(&["body_timeout"]).inc();
             Err(AppError::new(
                 ErrorCode::DeadlineExceeded,
                 format!("the request body did not arrive within the deadline ({} ms)", call.timeout.as_millis()),
             ))
         }),
-        () = cut => {
-            closed("shutdown");
+        () = cut_off => {
+            // The connection counts itself closed on a slow client.
+            if let Some(cut) = &cut {
+                cut.body_cut.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             Err(AppError::new(ErrorCode::Unavailable, "the ingress is shutting down before the request body arrived"))
         }
     }

@@ -15,7 +15,7 @@
 //! HTTP/1.1 only (no h2c).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -54,10 +54,14 @@ pub struct Limits {
     pub shutdown_grace: Duration,
 }
 
-/// In every request's extensions: cancelled when shutdown's slow-client grace is over, so a
-/// handler still reading a body gives up.
+/// In every request's extensions: `token` is cancelled when shutdown's slow-client grace is
+/// over, so a handler still reading a body gives up; it then sets `body_cut`, and its connection
+/// counts as closed on a slow client.
 #[derive(Debug, Clone)]
-pub struct SlowClientCut(pub CancellationToken);
+pub struct SlowClientCut {
+    pub token: CancellationToken,
+    pub body_cut: Arc<AtomicBool>,
+}
 
 /// What every connection task shares.
 #[derive(Clone)]
@@ -189,10 +193,14 @@ async fn connection(stream: TcpStream, shared: Shared, _permit: OwnedSemaphorePe
     let _gauge = OpenGauge(shared.metrics.connections_open.clone());
     stream.set_nodelay(true).ok();
     let active = Arc::new(AtomicUsize::new(0));
+    let cut = SlowClientCut {
+        token: shared.cut.clone(),
+        body_cut: Arc::default(),
+    };
     let service = {
-        let (app, active, cut) = (shared.app.clone(), active.clone(), shared.cut.clone());
+        let (app, active, cut) = (shared.app.clone(), active.clone(), cut.clone());
         hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-            request.extensions_mut().insert(SlowClientCut(cut.clone()));
+            request.extensions_mut().insert(cut.clone());
             let in_handler = Active::enter(&active);
             let app = app.clone();
             async move {
@@ -214,16 +222,25 @@ async fn connection(stream: TcpStream, shared: Shared, _permit: OwnedSemaphorePe
         done = conn.as_mut() => return shared.ended(done),
         _ = shared.stop.cancelled() => conn.as_mut().graceful_shutdown(),
     }
-    loop {
-        tokio::select! {
-            done = conn.as_mut() => return shared.ended(done),
-            _ = shared.cut.cancelled(), if active.load(Ordering::SeqCst) == 0 => {
-                return shared.closed("shutdown");
+    tokio::select! {
+        done = conn.as_mut() => return shared.ended(done),
+        _ = shared.cut.cancelled() => {}
+    }
+    // Slow-client grace over: a connection with no request in a handler is a slow client.
+    if active.load(Ordering::SeqCst) == 0 {
+        return shared.closed("shutdown");
+    }
+    // A request in a handler ends by itself (its body read is cut, its wait bounded by its
+    // deadline), and the connection with it; or the whole grace ends.
+    tokio::select! {
+        done = conn.as_mut() => {
+            if cut.body_cut.load(Ordering::SeqCst) {
+                shared.closed("shutdown");
+            } else {
+                shared.ended(done);
             }
-            // A request in a handler ends by itself (its body read is cut, its wait bounded by
-            // its deadline), and the connection with it.
-            _ = shared.force.cancelled() => return shared.closed("shutdown"),
         }
+        _ = shared.force.cancelled() => shared.closed("shutdown"),
     }
 }
 

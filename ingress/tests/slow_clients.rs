@@ -194,7 +194,7 @@ async fn trickle(server: &Server, request_id: &str) -> TcpStream {
 #[tokio::test]
 async fn a_trickled_body_gives_its_permit_back_at_the_deadline() {
     let server = start(limits(10_000), 3, Duration::from_millis(1500)).await;
-    let mut tricklers = vec![
+    let mut tricklers = [
         trickle(&server, "trickle-1").await,
         trickle(&server, "trickle-2").await,
     ];

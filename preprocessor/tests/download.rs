@@ -228,7 +228,7 @@ async fn raw_origin(answer: &'static [u8]) -> SocketAddr {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let mut request = [0u8; 4096];
-                stream.read(&mut request).await.ok();
+                let _read = stream.read(&mut request).await.unwrap_or(0);
                 stream.write_all(answer).await.ok();
                 stream.shutdown().await.ok();
             });
