@@ -2,11 +2,17 @@
 //! `POST /v1/classify` (URL, raw image body or multipart upload; top-k, probabilities, timings),
 //! `POST /v1/classify/batch` (many URLs, answered in order, each with its result or error),
 //! `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /openapi.json`.
+//!
+//! Every answer carries `X-Request-Id` ([`request_id`]), every error is JSON with a stable code
+//! (unknown paths `not_found`, wrong methods `method_not_allowed`, bad query parameters
+//! `bad_request`), and a body is read within the request's deadline ([`read_within`]).
 
 use std::collections::BTreeMap;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, Multipart, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{Next, from_fn};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -15,8 +21,9 @@ use protocol::names::CONTENT_TYPE_JSON;
 use protocol::{ClassifyRequest, Error, ErrorCode};
 use serde::Deserialize;
 
-use crate::call::{AppState, Call, CallHeaders, Classification};
+use crate::call::{AppState, Call, CallHeaders, Classification, valid_request_id};
 use crate::error::AppError;
+use crate::server::SlowClientCut;
 
 /// Header a caller may set to ask for a shorter deadline than the default.
 pub const HEADER_TIMEOUT_MS: &str = "x-request-timeout-ms";
@@ -39,8 +46,88 @@ pub fn app(state: AppState) -> Router {
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
         .merge(crate::ui::router())
+        .fallback(|| async { AppError::new(ErrorCode::NotFound, "no such path") })
+        .method_not_allowed_fallback(|| async {
+            AppError::new(
+                ErrorCode::MethodNotAllowed,
+                "this path does not take this method",
+            )
+        })
         .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(from_fn(request_id))
         .with_state(state)
+}
+
+/// Gives every request a valid `X-Request-Id` (the caller's if valid, else a new one) before any
+/// handler or extractor sees it, and puts it on every answer, refusals included.
+async fn request_id(mut request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get(HEADER_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| valid_request_id(id))
+        .map(str::to_string)
+        .unwrap_or_else(protocol::meta::new_request_id);
+    let value = HeaderValue::from_str(&id).ok();
+    if let Some(v) = &value {
+        request.headers_mut().insert(HEADER_REQUEST_ID, v.clone());
+    }
+    let mut response = next.run(request).await;
+    if let Some(v) = value {
+        response.headers_mut().entry(HEADER_REQUEST_ID).or_insert(v);
+    }
+    response
+}
+
+/// The query of `/v1/classify*`, or `bad_request` naming what is wrong with it.
+fn parse_query(q: Result<Query<ClassifyQuery>, QueryRejection>) -> Result<ClassifyQuery, AppError> {
+    q.map(|Query(q)| q).map_err(|rejection| {
+        AppError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "bad query parameters (top_k is a whole number, 0 or more): {}",
+                rejection.body_text()
+            ),
+        )
+    })
+}
+
+/// Runs `read` (reading a request's body) within what is left of `call`'s deadline, and gives up
+/// when shutdown cuts slow clients ([`SlowClientCut`]): a client that trickles its body holds
+/// its in-flight permit no longer than its deadline.
+async fn read_within<T>(
+    state: &AppState,
+    call: &Call,
+    cut: Option<SlowClientCut>,
+    read: impl std::future::Future<Output = Result<T, AppError>>,
+) -> Result<T, AppError> {
+    let left = call.timeout.saturating_sub(call.started.elapsed());
+    let cut_off = async {
+        match &cut {
+            Some(cut) => cut.token.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        read = tokio::time::timeout(left, read) => read.unwrap_or_else(|_| {
+            state.metrics.connections_closed.with_label_values(&["body_timeout"]).inc();
+            Err(AppError::new(
+                ErrorCode::DeadlineExceeded,
+                format!("the request body did not arrive within the deadline ({} ms)", call.timeout.as_millis()),
+            ))
+        }),
+        () = cut_off => {
+            // The connection counts itself closed on a slow client.
+            if let Some(cut) = &cut {
+                cut.body_cut.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            Err(AppError::new(ErrorCode::Unavailable, "the ingress is shutting down before the request body arrived"))
+        }
+    }
+}
+
+fn slow_client_cut(request: &Request) -> Option<SlowClientCut> {
+    request.extensions().get::<SlowClientCut>().cloned()
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
@@ -131,9 +218,10 @@ pub fn url_payload(url: String) -> Bytes {
 /// whatever its content type (curl -d sends a form type).
 async fn predict(State(state): State<AppState>, request: Request) -> Response {
     let headers = request.headers().clone();
+    let cut = slow_client_cut(&request);
     handle(&state, "/predict", &headers, |call| async {
         let result = async {
-            let body = body_bytes(request).await?;
+            let body = read_within(&state, &call, cut, body_bytes(request)).await?;
             let url = ClassifyRequest::from_json(&body)?.url;
             let prediction = state
                 .backend
@@ -163,13 +251,16 @@ pub struct ClassifyQuery {
 /// `application/octet-stream`), or `multipart/form-data` with a file field.
 async fn classify(
     State(state): State<AppState>,
-    Query(q): Query<ClassifyQuery>,
+    q: Result<Query<ClassifyQuery>, QueryRejection>,
     request: Request,
 ) -> Response {
     let headers = request.headers().clone();
+    let cut = slow_client_cut(&request);
     handle(&state, "/v1/classify", &headers, |call| async {
         let result = async {
-            let (content_type, payload) = classify_payload(request).await?;
+            let q = parse_query(q)?;
+            let (content_type, payload) =
+                read_within(&state, &call, cut, classify_payload(request)).await?;
             let prediction = state
                 .backend
                 .submit(call.job(&content_type, payload))
@@ -269,13 +360,16 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> AppError {
 /// in-flight permit; the whole call is refused with 429 when there are not enough.
 async fn classify_batch(
     State(state): State<AppState>,
-    Query(q): Query<ClassifyQuery>,
+    q: Result<Query<ClassifyQuery>, QueryRejection>,
     request: Request,
 ) -> Response {
     let headers = request.headers().clone();
+    let cut = slow_client_cut(&request);
     handle(&state, "/v1/classify/batch", &headers, |call| async {
         let result = async {
-            let urls = batch_urls(&body_bytes(request).await?, state.max_batch_urls)?;
+            let q = parse_query(q)?;
+            let body = read_within(&state, &call, cut, body_bytes(request)).await?;
+            let urls = batch_urls(&body, state.max_batch_urls)?;
             let mut calls = Vec::with_capacity(urls.len());
             for i in 0..urls.len() {
                 let id = format!("{}-{i}", call.request_id);
@@ -286,6 +380,8 @@ async fn classify_batch(
             let top_k = q.top_k.unwrap_or(3);
             let items = futures::future::join_all(urls.into_iter().zip(calls).map(|(url, item)| {
                 let backend = state.backend.clone();
+                // Echoed without its credentials, if it has any.
+                let shown = protocol::redact::redact_urls(&url).into_owned();
                 async move {
                     let outcome = backend.submit(item.job(CONTENT_TYPE_JSON, url_payload(url.clone()))).await;
                     let total_ms = item.started.elapsed().as_secs_f64() * 1e3;
@@ -294,14 +390,14 @@ async fn classify_batch(
                             item.record(200, None);
                             serde_json::to_value(Classification::new(&item.request_id, p, top_k, total_ms))
                                 .map(|mut v| {
-                                    v["url"] = url.into();
+                                    v["url"] = shown.into();
                                     v
                                 })
                                 .unwrap_or_default()
                         }
                         Err(e) => {
                             item.record(e.code.http_status(), Some(&e));
-                            serde_json::json!({ "url": url, "request_id": item.request_id, "error": e })
+                            serde_json::json!({ "url": shown, "request_id": item.request_id, "error": e })
                         }
                     }
                 }

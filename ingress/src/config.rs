@@ -38,6 +38,19 @@ pub struct Config {
     /// empty to disable it.
     #[arg(long, env = "INGRESS_SERVICE_SUBJECT", default_value = protocol::names::SERVICE_SUBJECT)]
     pub service_subject: String,
+    /// Time for a client to send a request's headers, counted from the connection's start or
+    /// the end of its previous response (so also how long an idle keep-alive connection stays).
+    #[arg(long, env = "INGRESS_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+    /// Most HTTP connections open at once; one more is answered 503 and closed.
+    #[arg(long, env = "INGRESS_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// On shutdown, how long slow clients (still sending headers or a body) may stay.
+    #[arg(long, env = "INGRESS_SLOW_CLIENT_GRACE_MS", default_value_t = 1_000)]
+    pub slow_client_grace_ms: u64,
+    /// On shutdown, how long requests in flight may take before every connection is closed.
+    #[arg(long, env = "INGRESS_SHUTDOWN_GRACE_MS", default_value_t = 20_000)]
+    pub shutdown_grace_ms: u64,
     /// Name of this instance in its reply subject (`clothesline.replies.<id>`); unique per
     /// process by default.
     #[arg(long, env = "INGRESS_INSTANCE_ID")]
@@ -51,5 +64,15 @@ impl Config {
 
     pub fn max_timeout(&self) -> Duration {
         Duration::from_millis(self.max_timeout_ms)
+    }
+
+    /// The HTTP server's limits on clients.
+    pub fn server_limits(&self) -> crate::server::Limits {
+        crate::server::Limits {
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            max_connections: self.max_connections,
+            slow_client_grace: Duration::from_millis(self.slow_client_grace_ms),
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+        }
     }
 }

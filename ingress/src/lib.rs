@@ -10,10 +10,12 @@
 pub mod api;
 pub mod backend;
 pub mod call;
+pub mod canned;
 pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod replies;
+pub mod server;
 pub mod service;
 pub mod ui;
 
@@ -30,7 +32,7 @@ use crate::backend::NatsBackend;
 use crate::metrics::Metrics;
 use crate::replies::ReplyRouter;
 
-/// Runs the ingress until `shutdown` resolves, then drains in-flight requests.
+/// Runs the ingress until `shutdown` resolves, then drains in-flight requests ([`server`]).
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -88,13 +90,18 @@ pub async fn serve(
     });
     tracing::info!(addr = %listener.local_addr()?, replies = router.subscription(), "ingress listening");
     let stop = token.clone();
-    let shutdown = async move {
+    tokio::spawn(async move {
         shutdown.await;
         stop.cancel();
-    };
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    });
+    server::serve(
+        listener,
+        app(state.clone()),
+        config.server_limits(),
+        state.metrics.clone(),
+        token,
+    )
+    .await;
     if let Some(service) = service {
         service.await.ok();
     }

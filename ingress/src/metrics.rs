@@ -18,6 +18,11 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     /// Replies that arrived for no waiting caller (late or duplicate).
     pub unmatched_replies: IntCounter,
+    /// HTTP connections open.
+    pub connections_open: IntGauge,
+    /// HTTP connections the ingress closed on a slow or surplus client, by reason
+    /// (header_timeout, body_timeout, over_capacity, shutdown).
+    pub connections_closed: IntCounterVec,
 }
 
 impl Metrics {
@@ -57,6 +62,16 @@ impl Metrics {
             "Late or duplicate replies dropped",
         )
         .expect("valid metric");
+        let connections_open = IntGauge::new("ingress_connections_open", "HTTP connections open")
+            .expect("valid metric");
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "ingress_connections_closed_total",
+                "HTTP connections closed by the ingress on a slow or surplus client, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(errors.clone()),
@@ -64,6 +79,8 @@ impl Metrics {
             Box::new(inflight.clone()),
             Box::new(rejected.clone()),
             Box::new(unmatched_replies.clone()),
+            Box::new(connections_open.clone()),
+            Box::new(connections_closed.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -75,6 +92,8 @@ impl Metrics {
             inflight,
             rejected,
             unmatched_replies,
+            connections_open,
+            connections_closed,
         }
     }
 }

@@ -391,3 +391,104 @@ async fn openapi_document_describes_every_route() {
     let all: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
     assert_eq!(codes, all, "openapi.json lists every error code");
 }
+
+#[tokio::test]
+async fn unknown_paths_wrong_methods_and_bad_queries_answer_json_with_a_request_id() {
+    let cases = [
+        (
+            Request::get("/nope").body(Body::empty()).unwrap(),
+            404,
+            "not_found",
+        ),
+        (
+            Request::get("/v1/classify").body(Body::empty()).unwrap(),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            Request::delete("/predict").body(Body::empty()).unwrap(),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            post("/v1/classify?top_k=-1", Some("image/png"), "x"),
+            400,
+            "bad_request",
+        ),
+        (
+            post("/v1/classify?top_k=abc", Some("image/png"), "x"),
+            400,
+            "bad_request",
+        ),
+        (
+            post(
+                "/v1/classify/batch?top_k=-1",
+                Some("application/json"),
+                "{}",
+            ),
+            400,
+            "bad_request",
+        ),
+    ];
+    for (req, want_status, want_code) in cases {
+        let what = format!("{} {}", req.method(), req.uri());
+        let (status, headers, json) = call(state(fake(Ok(prediction())), 4), req).await;
+        assert_eq!(status.as_u16(), want_status, "{what}");
+        assert_eq!(json["error"]["code"], want_code, "{what}: {json}");
+        assert!(
+            json["error"]["message"].as_str().unwrap().len() > 5,
+            "{what}"
+        );
+        assert!(headers.contains_key("x-request-id"), "{what}");
+    }
+}
+
+#[tokio::test]
+async fn refusals_carry_the_callers_request_id_or_a_new_one() {
+    // 400 on a bad header, before any work is admitted.
+    let req = Request::post("/predict")
+        .header("x-request-id", "mine-1")
+        .header("x-request-timeout-ms", "soon")
+        .body(Body::from(r#"{"url":"http://h/x"}"#))
+        .unwrap();
+    let (status, headers, _) = call(state(fake(Ok(prediction())), 4), req).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(headers["x-request-id"], "mine-1");
+    // 429 with no permit left.
+    let req = Request::post("/predict")
+        .header("x-request-id", "mine-2")
+        .body(Body::from(r#"{"url":"http://h/x"}"#))
+        .unwrap();
+    let (status, headers, json) = call(state(fake(Ok(prediction())), 0), req).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(json["error"]["code"], "overloaded");
+    assert_eq!(headers["x-request-id"], "mine-2");
+    // An invalid id is replaced, also on refusals.
+    let req = Request::post("/predict")
+        .header("x-request-id", "not valid!")
+        .body(Body::from(r#"{"url":"http://h/x"}"#))
+        .unwrap();
+    let (_, headers, _) = call(state(fake(Ok(prediction())), 0), req).await;
+    let id = headers["x-request-id"].to_str().unwrap();
+    assert!(!id.is_empty() && id != "not valid!", "{id}");
+}
+
+#[tokio::test]
+async fn batch_results_echo_urls_without_credentials() {
+    let f = fake(Err(Error::new(
+        ErrorCode::OriginError,
+        "origin answered 404",
+    )));
+    let req = post(
+        "/v1/classify/batch",
+        Some("application/json"),
+        r#"{"urls":["http://alice:s3cret@h/x.jpg"]}"#,
+    );
+    let (status, _, json) = call(state(f.clone(), 4), req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json["results"][0]["url"], "http://***@h/x.jpg");
+    assert!(!json.to_string().contains("s3cret"), "{json}");
+    // The work itself keeps the URL as given.
+    let seen = f.seen.lock().unwrap();
+    assert!(String::from_utf8_lossy(&seen[0].payload).contains("alice:s3cret@"));
+}

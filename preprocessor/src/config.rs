@@ -52,6 +52,10 @@ pub struct Config {
     #[arg(long, env = "PREPROCESSOR_MAX_PIXELS", default_value_t = DEFAULT_MAX_PIXELS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_pixels: u64,
+    /// Most scans in a JPEG (libjpeg-turbo's scan limit); progressive JPEGs are also refused
+    /// over `max-pixels x 10` pixel-scans, the bound on a decode's work.
+    #[arg(long, env = "PREPROCESSOR_MAX_JPEG_SCANS", default_value_t = crate::imaging::DEFAULT_MAX_SCANS)]
+    pub max_jpeg_scans: u32,
     /// Most redirects followed per download.
     #[arg(long, env = "PREPROCESSOR_MAX_REDIRECTS", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(0..=20))]
@@ -124,7 +128,9 @@ impl Config {
 
     /// The image spec for a model's manifest, with this config's pixel limit.
     pub fn image_spec(&self, manifest: &protocol::Manifest) -> ImageSpec {
-        ImageSpec::from_manifest(manifest).with_max_pixels(self.max_pixels)
+        ImageSpec::from_manifest(manifest)
+            .with_max_pixels(self.max_pixels)
+            .with_max_scans(self.max_jpeg_scans)
     }
 
     pub fn retry_delay(&self) -> Duration {

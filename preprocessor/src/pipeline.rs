@@ -1,7 +1,10 @@
 //! A request's payload -> the tensor message, without NATS, in two steps so the caller can look
 //! in between (e.g. whether the request was cancelled during its download): [`Pipeline::fetch`]
 //! (deadline check, payload parsing, download for a URL), then [`Pipeline::finish`] (decode and
-//! resize on the blocking pool, at most `cpu-threads` at once).
+//! resize on the blocking pool, at most `cpu-threads` at once). A decode that waited for a CPU
+//! checks its [`Gate`] when its turn comes: a request whose deadline passed or whose caller gave
+//! up meanwhile costs no decode. (TurboJPEG decodes in one call, with no hook between scans or
+//! rows; the scan limits bound a decode once it has started.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +40,26 @@ pub struct Arrival {
     pub queue_ms: Option<f64>,
 }
 
+/// What a decode checks when its turn comes.
+#[derive(Clone, Copy)]
+pub struct Gate<'a> {
+    /// The request, for its deadline.
+    pub meta: &'a RequestMeta,
+    /// Whether its caller gave up.
+    pub cancelled: &'a (dyn Fn() -> bool + Sync),
+}
+
+impl Gate<'_> {
+    /// `Ok(false)` when the caller gave up, `deadline_exceeded` when the deadline passed.
+    fn still_wanted(&self) -> Result<bool, Error> {
+        if (self.cancelled)() {
+            return Ok(false);
+        }
+        check_deadline(self.meta, "while waiting to be decoded")?;
+        Ok(true)
+    }
+}
+
 /// The encoded image of a request, fetched.
 #[derive(Debug, Clone)]
 pub struct Fetched {
@@ -69,7 +92,8 @@ impl Pipeline {
         &self.spec
     }
 
-    /// The tensor for one request: [`Pipeline::fetch`] then [`Pipeline::finish`].
+    /// The tensor for one request: [`Pipeline::fetch`] then [`Pipeline::finish`], never
+    /// cancelled.
     pub async fn tensor(
         &self,
         meta: &RequestMeta,
@@ -78,7 +102,13 @@ impl Pipeline {
         arrival: Arrival,
     ) -> Result<TensorMessage, Error> {
         let fetched = self.fetch(meta, content_type, payload).await?;
-        self.finish(fetched, arrival).await
+        let gate = Gate {
+            meta,
+            cancelled: &|| false,
+        };
+        self.finish(fetched, arrival, gate)
+            .await?
+            .ok_or_else(|| Error::new(ErrorCode::Internal, "cancelled without a cancellation"))
     }
 
     /// The encoded image of one request: `content_type` and `payload` as the request message
@@ -101,7 +131,7 @@ impl Pipeline {
                     .downloaded_bytes
                     .inc_by(downloaded.bytes.len() as u64);
                 tracing::debug!(
-                    request_id = %meta.request_id, url = %downloaded.url,
+                    request_id = %meta.request_id, url = %protocol::redact::redact_urls(downloaded.url.as_str()),
                     bytes = downloaded.bytes.len(), redirects = downloaded.redirects,
                     "downloaded"
                 );
@@ -112,10 +142,18 @@ impl Pipeline {
         Ok(Fetched { image, download_ms })
     }
 
-    /// Decodes and resizes a fetched image into the tensor message.
-    pub async fn finish(&self, fetched: Fetched, arrival: Arrival) -> Result<TensorMessage, Error> {
+    /// Decodes and resizes a fetched image into the tensor message; `None` when `gate` says the
+    /// caller gave up before the decode's turn came.
+    pub async fn finish(
+        &self,
+        fetched: Fetched,
+        arrival: Arrival,
+        gate: Gate<'_>,
+    ) -> Result<Option<TensorMessage>, Error> {
         let Fetched { image, download_ms } = fetched;
-        let pre = self.preprocess(image).await?;
+        let Some(pre) = self.preprocess(image, gate).await? else {
+            return Ok(None);
+        };
         self.metrics
             .decode_seconds
             .observe(pre.decode.as_secs_f64());
@@ -128,21 +166,29 @@ impl Pipeline {
             preprocess_ms: Some(millis(pre.decode + pre.resize)),
             ..Timings::default()
         };
-        Ok(TensorMessage::new(
+        Ok(Some(TensorMessage::new(
             self.model.clone(),
             &self.input,
             pre.data,
             arrival.received_at_ms,
             timings,
-        ))
+        )))
     }
 
-    /// Decodes and resizes `bytes` on the blocking pool, waiting for a CPU slot first.
-    pub async fn preprocess(&self, bytes: Bytes) -> Result<Preprocessed, Error> {
+    /// Decodes and resizes `bytes` on the blocking pool, waiting for a CPU slot first; `None`
+    /// (no decode) when `gate` says the caller gave up meanwhile.
+    pub async fn preprocess(
+        &self,
+        bytes: Bytes,
+        gate: Gate<'_>,
+    ) -> Result<Option<Preprocessed>, Error> {
         let permit =
             self.cpu.clone().acquire_owned().await.map_err(|_| {
                 Error::new(ErrorCode::Unavailable, "the preprocessor is shutting down")
             })?;
+        if !gate.still_wanted()? {
+            return Ok(None);
+        }
         let spec = self.spec.clone();
         tokio::task::spawn_blocking(move || {
             // Held until the work is done, even if the awaiting task is cancelled.
@@ -156,6 +202,7 @@ impl Pipeline {
                 format!("preprocessing task failed: {e}"),
             )
         })?
+        .map(Some)
     }
 }
 

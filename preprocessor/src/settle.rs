@@ -17,7 +17,7 @@ use protocol::reply_to;
 use protocol::{Error, ErrorCode, Reply, RequestMeta, TensorMessage};
 
 use crate::metrics::{Metrics, outcome};
-use crate::pipeline::{Arrival, Pipeline};
+use crate::pipeline::{Arrival, Gate, Pipeline};
 
 /// How long a tensor publish is retried in place (a stream electing a leader takes seconds); past
 /// it, or past the request's deadline if sooner, the request goes back to the queue.
@@ -218,7 +218,14 @@ impl Settler {
         if self.is_cancelled(meta) {
             return Ok(Done::Cancelled("before decoding"));
         }
-        let tensor = pipeline.finish(fetched, arrival).await?;
+        let cancelled = || self.is_cancelled(meta);
+        let gate = Gate {
+            meta,
+            cancelled: &cancelled,
+        };
+        let Some(tensor) = pipeline.finish(fetched, arrival, gate).await? else {
+            return Ok(Done::Cancelled("while waiting to be decoded"));
+        };
         self.publish_tensor(meta, &tensor, msg_id).await?;
         Ok(Done::Published)
     }

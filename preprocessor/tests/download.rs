@@ -218,3 +218,96 @@ fn redirects_to_private_addresses_are_refused() {
     let err = redirect_target(&from, StatusCode::FOUND, None, false).unwrap_err();
     assert_eq!(err.code, ErrorCode::OriginError);
 }
+
+/// A TCP server on 127.0.0.1 that answers every connection with `answer` and closes it.
+async fn raw_origin(answer: &'static [u8]) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _read = stream.read(&mut request).await.unwrap_or(0);
+                stream.write_all(answer).await.ok();
+                stream.shutdown().await.ok();
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn protocol_failures_are_permanent_origin_errors() {
+    let (addr, d) = setup().await;
+    // TLS to a plain-HTTP port: the origin answers a ClientHello with an HTTP 400.
+    let tls_to_plain = d
+        .download(&format!("https://{addr}/image"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        tls_to_plain.code,
+        ErrorCode::OriginError,
+        "{}",
+        tls_to_plain.message
+    );
+    assert!(!tls_to_plain.is_transient(), "{}", tls_to_plain.message);
+    assert!(
+        tls_to_plain.message.contains("TLS"),
+        "{}",
+        tls_to_plain.message
+    );
+    for answer in [
+        &b"HTTP/1.1 2OO OK\r\ncontent-length: 1\r\n\r\nx"[..],
+        b"SMTP ready\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nbad header line\r\n\r\n",
+    ] {
+        let addr = raw_origin(answer).await;
+        let err = d
+            .download(&format!("http://{addr}/image"), None)
+            .await
+            .unwrap_err();
+        let shown = String::from_utf8_lossy(answer);
+        assert_eq!(
+            err.code,
+            ErrorCode::OriginError,
+            "{shown:?}: {}",
+            err.message
+        );
+        assert!(!err.is_transient(), "{shown:?}: {}", err.message);
+    }
+    // A refused connection may succeed later: still transient.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let refused = d
+        .download(&format!("http://{closed}/image"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code, ErrorCode::OriginUnreachable);
+    assert!(refused.is_transient());
+}
+
+#[tokio::test]
+async fn credentials_in_a_url_never_come_back_in_an_error() {
+    let (addr, d) = setup().await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    for url in [
+        format!("http://alice:s3cret@{addr}/missing"),
+        format!("https://alice:s3cret@{addr}/image"),
+        format!("http://alice:s3cret@{closed}/image"),
+        format!("http://alice:s3cret@{addr}/slow"),
+        "http://alice:s3cret@[::1/x".to_string(),
+    ] {
+        let err = d
+            .download(&url, Some(Duration::from_millis(300)))
+            .await
+            .unwrap_err();
+        assert!(!err.message.contains("s3cret"), "{url}: {}", err.message);
+        assert!(!err.message.contains("alice"), "{url}: {}", err.message);
+    }
+}

@@ -46,10 +46,18 @@ pub enum ErrorCode {
     InferenceFailed,
     /// Anything else; a bug.
     Internal,
+    /// No such path (HTTP only).
+    NotFound,
+    /// The path exists, but not with this method (HTTP only).
+    MethodNotAllowed,
+    /// The request line's URI is longer than the server reads (HTTP only).
+    UriTooLong,
+    /// The request headers are larger or more numerous than the server reads (HTTP only).
+    HeadersTooLarge,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 22] = [
         Self::BadRequest,
         Self::InvalidUrl,
         Self::BlockedAddress,
@@ -68,6 +76,10 @@ impl ErrorCode {
         Self::BadTensor,
         Self::InferenceFailed,
         Self::Internal,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::UriTooLong,
+        Self::HeadersTooLarge,
     ];
 
     /// The stable string form, as serialized.
@@ -91,6 +103,10 @@ impl ErrorCode {
             Self::BadTensor => "bad_tensor",
             Self::InferenceFailed => "inference_failed",
             Self::Internal => "internal",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::UriTooLong => "uri_too_long",
+            Self::HeadersTooLarge => "headers_too_large",
         }
     }
 
@@ -111,6 +127,10 @@ impl ErrorCode {
             Self::QueueFull | Self::Unavailable => 503,
             Self::DownloadTimeout | Self::DeadlineExceeded => 504,
             Self::BadTensor | Self::InferenceFailed | Self::Internal => 500,
+            Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
+            Self::UriTooLong => 414,
+            Self::HeadersTooLarge => 431,
         }
     }
 

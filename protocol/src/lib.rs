@@ -8,7 +8,9 @@
 //! - [`manifest`]: the model manifest every tier reads;
 //! - [`provision`]: idempotent creation of the JetStream streams and consumers;
 //! - [`meta`]: the per-request metadata carried in NATS headers;
+//! - [`publish`]: a JetStream publish retried through a leader election or a reconnect;
 //! - [`reply_to`]: reply subjects: validation, and an ingress's per-request subjects;
+//! - [`redact`]: credentials taken out of URLs before they are echoed or logged;
 //! - [`runtime`]: what every binary shares (NATS connection options, logging, shutdown, health server).
 
 pub mod cancel;
@@ -19,6 +21,7 @@ pub mod meta;
 pub mod names;
 pub mod provision;
 pub mod publish;
+pub mod redact;
 pub mod reply_to;
 pub mod runtime;
 

@@ -10,6 +10,7 @@ pub mod nats;
 pub mod origin;
 pub mod paths;
 pub mod roles;
+pub mod scan_bomb;
 pub mod stack;
 pub mod worker;
 

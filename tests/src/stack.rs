@@ -74,6 +74,12 @@ impl Tier {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }
 
+    /// What it logged so far; `None` when its log goes to the test's stderr.
+    pub fn log_text(&self) -> Option<String> {
+        let log = self.log.as_ref()?;
+        std::fs::read_to_string(log.path()).ok()
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -1,6 +1,8 @@
 //! Decoding to RGB8 (JPEG with libjpeg-turbo, see [`super::turbo`]; the rest with the `image`
-//! crate), bounded: the header's pixel count is checked before any pixel is decoded, and the
-//! `image` decoders run under `image::Limits`.
+//! crate), bounded: the header's pixel count is checked before any pixel is decoded, a JPEG's
+//! scans are counted (a progressive decode costs about `scans x pixels`: a 190 KB scan bomb of
+//! 694 scans took 10 s) and refused over the limits, and the `image` decoders run under
+//! `image::Limits`.
 //!
 //! JPEGs at least 2, 4 or 8 times the output size decode DCT-scaled (1/2, 1/4, 1/8), as
 //! Pillow's `draft` does, into a per-thread buffer that the resize reads in place.
@@ -104,8 +106,12 @@ pub fn decode_with<R>(
         None => Err(Error::new(ErrorCode::Internal, "image decoded twice")),
     };
     let mut known_orientation = None;
+    // Passes the decoder makes over the image: one but for progressive JPEGs.
+    let mut passes = 1;
     if format == ImageFormat::Jpeg {
         let scanned = jpeg::scan(bytes)?;
+        check_scans(scanned.scans, spec.max_scans)?;
+        passes = scanned.scans;
         let orientation = if spec.exif_orientation {
             // A broken EXIF block does not make the image unusable (PIL ignores it too).
             scanned
@@ -118,7 +124,11 @@ pub fn decode_with<R>(
         let done = turbo::decode(
             bytes,
             Some(stored_target(spec, orientation)),
-            |w, h| check_pixels(w, h, spec.max_pixels),
+            spec.max_scans,
+            |w, h| {
+                check_pixels(w, h, spec.max_pixels)?;
+                check_scan_work(w, h, scanned.scans, spec.max_pixels)
+            },
             |pixels| {
                 call(Decoded {
                     format,
@@ -133,7 +143,7 @@ pub fn decode_with<R>(
         // CMYK or YCCK: the `image` crate converts those.
         known_orientation = Some(orientation);
     }
-    let (rgb, orientation) = decode_generic(bytes, format, spec, known_orientation)?;
+    let (rgb, orientation) = decode_generic(bytes, format, spec, known_orientation, passes)?;
     call(Decoded {
         format,
         orientation,
@@ -142,12 +152,14 @@ pub fn decode_with<R>(
 }
 
 /// Any served format with the `image` crate (first frame of an animation), to RGB8; also the
-/// orientation to apply (`known_orientation` when given, else the decoder's).
+/// orientation to apply (`known_orientation` when given, else the decoder's). `passes` is the
+/// number of scans of a JPEG (1 otherwise), checked against the size.
 fn decode_generic(
     bytes: &[u8],
     format: ImageFormat,
     spec: &ImageSpec,
     known_orientation: Option<Orientation>,
+    passes: u32,
 ) -> Result<(RgbImage, Orientation), Error> {
     if format == ImageFormat::Png {
         check_png_palette(bytes)?;
@@ -157,6 +169,7 @@ fn decode_generic(
     let mut decoder = reader.into_decoder().map_err(|e| map_error(e, format))?;
     let (width, height) = decoder.dimensions();
     check_pixels(width, height, spec.max_pixels)?;
+    check_scan_work(width, height, passes, spec.max_pixels)?;
     let orientation = match known_orientation {
         Some(o) => o,
         // A broken EXIF block does not make the image unusable (PIL ignores it too).
@@ -244,6 +257,34 @@ pub fn check_pixels(width: u32, height: u32, max_pixels: u64) -> Result<(), Erro
     Ok(())
 }
 
+/// Refuses a JPEG with more than `max_scans` scans (start-of-scan segments).
+pub fn check_scans(scans: u32, max_scans: u32) -> Result<(), Error> {
+    if scans > max_scans {
+        return Err(Error::new(
+            ErrorCode::CorruptImage,
+            format!("JPEG has {scans} scans, more than the limit of {max_scans}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a JPEG whose decode would cost more than [`super::SCAN_PASSES`] full passes over the
+/// largest image allowed: `scans x pixels` over `max_pixels x SCAN_PASSES`.
+pub fn check_scan_work(width: u32, height: u32, scans: u32, max_pixels: u64) -> Result<(), Error> {
+    let pixels = u64::from(width) * u64::from(height);
+    let work = pixels.saturating_mul(u64::from(scans));
+    let max_work = max_pixels.saturating_mul(super::SCAN_PASSES);
+    if work > max_work {
+        return Err(Error::new(
+            ErrorCode::CorruptImage,
+            format!(
+                "JPEG of {width}x{height} in {scans} scans: {work} pixel-scans to decode, more than the limit of {max_work}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Maps a decoder error to the contract's codes.
 pub fn map_error(error: ImageError, format: ImageFormat) -> Error {
     let name = format.extensions_str().first().copied().unwrap_or("image");
@@ -264,8 +305,10 @@ pub fn map_error(error: ImageError, format: ImageFormat) -> Error {
                 ErrorCode::CorruptImage,
                 format!("{name} image is too large: {e}"),
             ),
+            // A frame or buffer over the memory limit is refused like too many pixels: 422
+            // (413 `too_large` is for bodies and downloads).
             _ => Error::new(
-                ErrorCode::TooLarge,
+                ErrorCode::CorruptImage,
                 format!("decoding this {name} image needs more memory than allowed: {e}"),
             ),
         },
@@ -291,6 +334,35 @@ pub fn map_error(error: ImageError, format: ImageFormat) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gif_frame_larger_than_allowed_is_refused_like_too_many_pixels() {
+        // 35 bytes: a 1x1 screen whose one frame claims 65535x65535.
+        let mut gif = b"GIF89a\x01\x00\x01\x00\x00\x00\x00".to_vec();
+        gif.extend_from_slice(&[0x2c, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0]);
+        gif.extend_from_slice(&[2, 2, 0x4c, 0x01, 0, 0x3b]);
+        let err =
+            decode_rgb8(&gif, &ImageSpec::new(224, 224).with_max_pixels(1_000_000)).unwrap_err();
+        assert_eq!(err.code, ErrorCode::CorruptImage, "{}", err.message);
+        assert_eq!(err.code.http_status(), 422);
+    }
+
+    #[test]
+    fn scan_limits_name_the_limit() {
+        check_scans(100, 100).unwrap();
+        let err = check_scans(694, 100).unwrap_err();
+        assert_eq!(err.code, ErrorCode::CorruptImage);
+        assert!(err.message.contains("limit of 100"), "{}", err.message);
+        check_scan_work(6000, 6000, 11, 40_000_000).unwrap();
+        let err = check_scan_work(6000, 6000, 12, 40_000_000).unwrap_err();
+        assert_eq!(err.code, ErrorCode::CorruptImage);
+        assert!(
+            err.message.contains("limit of 400000000"),
+            "{}",
+            err.message
+        );
+        check_scan_work(u32::MAX, u32::MAX, u32::MAX, u64::MAX).unwrap();
+    }
 
     #[test]
     fn pixel_limit_is_checked_without_overflow() {

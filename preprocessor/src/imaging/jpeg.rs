@@ -17,6 +17,10 @@ const EXIF_PREFIX: &[u8] = b"Exif\0\0";
 pub struct Scanned<'a> {
     /// The TIFF structure of the first EXIF segment before the image data (after `Exif\0\0`).
     pub exif: Option<&'a [u8]>,
+    /// Start-of-scan segments: 1 for a baseline JPEG, about 10 for a usual progressive one. A
+    /// progressive decoder walks the whole image once per scan, so the decode costs about
+    /// `scans x pixels` whatever the file's size.
+    pub scans: u32,
 }
 
 /// `Ok` when `bytes` is a JPEG stream whose segments are all present and which reaches its
@@ -56,6 +60,7 @@ pub fn scan(bytes: &[u8]) -> Result<Scanned<'_>, Error> {
                 }
                 pos = if marker == SOS {
                     in_header = false;
+                    found.scans = found.scans.saturating_add(1);
                     skip_entropy_coded(bytes, end).ok_or_else(truncated)?
                 } else {
                     end
@@ -147,6 +152,18 @@ mod tests {
         j.extend_from_slice(&minimal()[2..]);
         assert_eq!(scan(&j).unwrap().exif, Some(&b"II*\0"[..]));
         assert_eq!(scan(&minimal()).unwrap().exif, None);
+    }
+
+    #[test]
+    fn scans_are_counted() {
+        assert_eq!(scan(&minimal()).unwrap().scans, 1);
+        let mut j = minimal();
+        j.truncate(j.len() - 2);
+        for _ in 0..699 {
+            j.extend_from_slice(&[0xff, SOS, 0x00, 0x03, 0x01, 0x00]);
+        }
+        j.extend_from_slice(&[0xff, EOI]);
+        assert_eq!(scan(&j).unwrap().scans, 700);
     }
 
     #[test]

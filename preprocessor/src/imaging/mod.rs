@@ -3,7 +3,8 @@
 //! 1. recognise the format from the magic bytes ([`sniff`]): unknown -> `not_an_image`,
 //!    known but not served (TIFF, AVIF, HEIC, ...) -> `unsupported_format`;
 //! 2. read the header only and refuse images with more than [`ImageSpec::max_pixels`] pixels
-//!    before any pixel is decoded ([`decode`]);
+//!    before any pixel is decoded, and JPEGs whose decode would cost more than the limits allow
+//!    (more than [`ImageSpec::max_scans`] scans, or too many scans for their size) ([`decode`]);
 //! 3. decode (first frame of an animation; a JPEG at least 2, 4 or 8 times the output size in
 //!    both dimensions at 1/2, 1/4 or 1/8 of its size, as Pillow's `draft` does), convert to
 //!    RGB8 (alpha dropped, grayscale, palette and 16-bit expanded), apply the EXIF orientation;
@@ -31,6 +32,12 @@ pub use sniff::sniff_format;
 
 /// Default for [`ImageSpec::max_pixels`]: 40 megapixels.
 pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
+/// Default for [`ImageSpec::max_scans`]: libjpeg-turbo's own tools suggest 100 (`djpeg
+/// -maxscans`); encoders write 1 (baseline) to about 10 (progressive).
+pub const DEFAULT_MAX_SCANS: u32 = 100;
+/// A progressive JPEG may cost at most this many full-size passes: `scans x pixels` is at most
+/// `max_pixels x SCAN_PASSES`, so a large image gets fewer scans than a small one.
+pub const SCAN_PASSES: u64 = 10;
 
 /// What to produce from an image, and how much of an image to accept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +48,9 @@ pub struct ImageSpec {
     pub height: u32,
     /// Images whose header declares more pixels than this are refused before decoding.
     pub max_pixels: u64,
+    /// JPEGs with more scans than this, or with `scans x pixels` over `max_pixels x`
+    /// [`SCAN_PASSES`], are refused before decoding (and libjpeg-turbo's scan limit is set to it).
+    pub max_scans: u32,
     /// Apply the EXIF orientation (as PIL's `ImageOps.exif_transpose`).
     pub exif_orientation: bool,
 }
@@ -52,6 +62,7 @@ impl ImageSpec {
             width,
             height,
             max_pixels: DEFAULT_MAX_PIXELS,
+            max_scans: DEFAULT_MAX_SCANS,
             exif_orientation: true,
         }
     }
@@ -67,6 +78,12 @@ impl ImageSpec {
     /// The same spec with another pixel limit.
     pub fn with_max_pixels(mut self, max_pixels: u64) -> Self {
         self.max_pixels = max_pixels;
+        self
+    }
+
+    /// The same spec with another scan limit.
+    pub fn with_max_scans(mut self, max_scans: u32) -> Self {
+        self.max_scans = max_scans;
         self
     }
 
@@ -96,7 +113,8 @@ pub struct Preprocessed {
 /// `model/preprocess.py`'s `load_image`.
 ///
 /// Errors: `not_an_image`, `unsupported_format`, `corrupt_image` (truncated, undecodable, more
-/// pixels than `spec.max_pixels`), `too_large` (the decoder would need more memory than allowed).
+/// pixels than `spec.max_pixels`, more scans than allowed, or a decoder needing more memory than
+/// allowed).
 pub fn preprocess_image(bytes: &[u8], spec: &ImageSpec) -> Result<Vec<u8>, Error> {
     preprocess_image_timed(bytes, spec).map(|p| p.data)
 }

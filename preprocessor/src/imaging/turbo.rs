@@ -58,12 +58,14 @@ pub fn draft_scale(
 /// `check_size` sees the full (unscaled) width and height first and may refuse the image before
 /// any pixel is decoded. With a `target` (output width and height, in the orientation the JPEG
 /// is stored in), decodes at the scale [`draft_scale`] picks; lossless JPEGs are never scaled.
+/// libjpeg-turbo stops (`corrupt_image`) at a JPEG with more than `max_scans` scans.
 ///
 /// `Ok(None)` for colour spaces TurboJPEG does not turn into RGB (CMYK, YCCK): decode those
 /// another way. Decoder errors are `corrupt_image`.
 pub fn decode<R>(
     bytes: &[u8],
     target: Option<(u32, u32)>,
+    max_scans: u32,
     check_size: impl FnOnce(u32, u32) -> Result<(), Error>,
     use_pixels: impl FnOnce(Pixels<'_>) -> Result<R, Error>,
 ) -> Result<Option<R>, Error> {
@@ -114,6 +116,7 @@ pub fn decode<R>(
             };
             let decoded = decompressor
                 .set_scaling_factor(factor)
+                .and_then(|()| decompressor.set_scan_limit(max_scans))
                 .and_then(|()| decompressor.decompress(bytes, image));
             let result = match decoded {
                 Ok(()) => use_pixels(Pixels {

@@ -1,12 +1,18 @@
 //! Bounded image downloads: a connect timeout, a total timeout (capped by the request's
 //! deadline), a byte cap enforced while the body streams in, redirects followed by hand (each hop
 //! checked again), and connections only to addresses the policy allows.
+//!
+//! Errors say what failed without echoing credentials (a URL's userinfo is redacted from every
+//! message), and only what may succeed later is transient: an origin that does not speak the
+//! expected protocol (TLS to a plain-HTTP port, a malformed status line or header) is answered
+//! `origin_error` at once.
 
 use std::error::Error as StdError;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use protocol::redact::redact_urls;
 use protocol::{Error, ErrorCode};
 use reqwest::header::{ACCEPT, LOCATION};
 use reqwest::{Client, Response, StatusCode, Url, redirect};
@@ -94,6 +100,21 @@ impl Downloader {
     /// Downloads `url`. `deadline`, the time left until the request's deadline, caps the
     /// download's time; running out of it is `deadline_exceeded` rather than `download_timeout`.
     pub async fn download(
+        &self,
+        url: &str,
+        deadline: Option<Duration>,
+    ) -> Result<Downloaded, Error> {
+        self.download_unredacted(url, deadline)
+            .await
+            .map_err(|mut e| {
+                if let std::borrow::Cow::Owned(clean) = redact_urls(&e.message) {
+                    e.message = clean;
+                }
+                e
+            })
+    }
+
+    async fn download_unredacted(
         &self,
         url: &str,
         deadline: Option<Duration>,
@@ -191,6 +212,12 @@ impl Downloader {
         if error.is_timeout() && !error.is_connect() {
             return timeout(url, self.policy.timeout);
         }
+        if let Some(what) = protocol_failure(error) {
+            return Error::new(
+                ErrorCode::OriginError,
+                format!("{url} {what}; not retried: {detail}"),
+            );
+        }
         if error.is_builder() {
             return Error::new(
                 ErrorCode::InvalidUrl,
@@ -269,12 +296,34 @@ fn timeout(url: &Url, limit: Duration) -> Error {
     )
 }
 
-/// The first error of type `T` in `error`'s source chain.
+/// What is wrong when the origin does not speak the protocol expected of it: the same request
+/// would fail the same way, so it is not worth a retry. `None` for other failures.
+fn protocol_failure(error: &(dyn StdError + 'static)) -> Option<&'static str> {
+    if find_source::<rustls::Error>(error).is_some() {
+        return Some("failed the TLS handshake (a plain-HTTP port, or a certificate refused)");
+    }
+    match find_source::<hyper::Error>(error) {
+        Some(e) if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() => {
+            Some("answered something that is not a valid HTTP response")
+        }
+        _ => None,
+    }
+}
+
+/// The first error of type `T` in `error`'s source chain, also inside `io::Error`s (whose
+/// `source` skips the error they wrap).
 fn find_source<'a, T: StdError + 'static>(error: &'a (dyn StdError + 'static)) -> Option<&'a T> {
     let mut current = Some(error);
     while let Some(e) = current {
         if let Some(found) = e.downcast_ref::<T>() {
             return Some(found);
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| find_source::<T>(inner))
+        {
+            return Some(inner);
         }
         current = e.source();
     }
