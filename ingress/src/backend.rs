@@ -73,6 +73,7 @@ impl NatsBackend {
         let mut meta = RequestMeta::new(Some(self.router.subject().to_string()), Some(job.timeout));
         meta.request_id = job.request_id;
         meta.traceparent = job.traceparent;
+        let publish_span = crate::trace::publish_span(REQUESTS_SUBJECT, &mut meta.traceparent);
         // Register before publishing, so a fast reply cannot arrive before anyone waits.
         let mut waiter = self.router.register(&meta.request_id);
         let headers = meta.to_headers(&job.content_type);
@@ -92,6 +93,7 @@ impl NatsBackend {
             Ok(Err(e)) => return Err(publish_error(e)),
             Ok(Ok(_)) => {}
         }
+        drop(publish_span);
         let reply = tokio::time::timeout_at(deadline, waiter.reply()).await;
         if matches!(reply, Ok(Some(_))) {
             cancel.id = None;

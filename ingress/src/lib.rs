@@ -15,6 +15,7 @@ pub mod error;
 pub mod metrics;
 pub mod replies;
 pub mod service;
+pub mod trace;
 
 use std::future::Future;
 use std::sync::Arc;

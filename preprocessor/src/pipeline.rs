@@ -116,6 +116,7 @@ impl Pipeline {
     pub async fn finish(&self, fetched: Fetched, arrival: Arrival) -> Result<TensorMessage, Error> {
         let Fetched { image, download_ms } = fetched;
         let pre = self.preprocess(image).await?;
+        crate::trace::decode_and_resize(pre.decode, pre.resize);
         self.metrics
             .decode_seconds
             .observe(pre.decode.as_secs_f64());

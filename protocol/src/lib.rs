@@ -8,7 +8,8 @@
 //! - [`manifest`]: the model manifest every tier reads;
 //! - [`provision`]: idempotent creation of the JetStream streams and consumers;
 //! - [`meta`]: the per-request metadata carried in NATS headers;
-//! - [`runtime`]: what every binary shares (NATS connection options, logging, shutdown, health server).
+//! - [`runtime`]: what every binary shares (NATS connection options, logging, shutdown, health server);
+//! - [`telemetry`]: traces over OTLP and the `traceparent` that joins them across tiers.
 
 pub mod cancel;
 pub mod error;
@@ -18,6 +19,7 @@ pub mod meta;
 pub mod names;
 pub mod provision;
 pub mod runtime;
+pub mod telemetry;
 
 pub use error::{Error, ErrorCode};
 pub use manifest::Manifest;
