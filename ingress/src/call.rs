@@ -138,7 +138,7 @@ impl Call {
                     .with_label_values(&[e.code.as_str()])
                     .inc();
             }
-            tracing::info!(parent: &self.span, request_id = %self.request_id, code = %e.code, message = %e.message, "request failed");
+            tracing::info!(parent: &self.span, request_id = %self.request_id, code = %e.code, error = %e.message, "request failed");
         }
         self.metrics
             .requests

@@ -77,6 +77,14 @@ impl Tier {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }
 
+    /// Its log so far (empty when it goes to the test's stderr, with `CLOTHESLINE_TEST_LOG`).
+    pub fn log_text(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|f| std::fs::read_to_string(f.path()).ok())
+            .unwrap_or_default()
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -50,8 +50,11 @@ fn otel_env(receiver: &OtlpReceiver, sampler: &str, arg: &str) -> Vec<(String, S
 
 async fn start(dir: &Path, env: Vec<(String, String)>) -> (FileServer, Stack) {
     let files = FileServer::serve(dir).await;
+    let json_logs = || vec!["--log-format".to_string(), "json".to_string()];
     let stack = Stack::start(StackOptions {
         env,
+        ingress_args: json_logs(),
+        preprocessor_args: json_logs(),
         ..StackOptions::default()
     })
     .await;
@@ -107,6 +110,21 @@ async fn spans_of(receiver: &OtlpReceiver, id: &str, names: &[&str]) -> Vec<Rece
         },
     )
     .await
+}
+
+/// The spans of a JSON log line: its `span` and those in `spans` (empty for an event with an
+/// explicit parent).
+fn spans_in(line: &serde_json::Value) -> impl Iterator<Item = &serde_json::Value> {
+    std::iter::once(&line["span"]).chain(line["spans"].as_array().into_iter().flatten())
+}
+
+/// The first JSON log line saying `request failed` within the trace `id`.
+fn log_line_of(log: &str, id: &str) -> Option<serde_json::Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| {
+            v["fields"]["message"] == "request failed" && spans_in(v).any(|s| s["trace_id"] == id)
+        })
 }
 
 fn one<'a>(spans: &'a [ReceivedSpan], name: &str) -> &'a ReceivedSpan {
@@ -250,6 +268,23 @@ async fn a_failing_request_carries_its_error_code_and_traceparent() {
         one(&spans, "ingress.request").attributes["http.response.status_code"],
         "422"
     );
+
+    // The JSON logs of the failure name the request, its trace and its span, in both tiers.
+    let request_id = one(&spans, "preprocessor.request").attributes["request_id"].clone();
+    for (tier, name) in [
+        (&stack.ingress, "ingress.request"),
+        (&stack.preprocessors[0], "preprocessor.request"),
+    ] {
+        let what = format!("{}'s JSON log of the failure", tier.name);
+        let line = wait_until(&what, Duration::from_secs(10), || async {
+            log_line_of(&tier.log_text(), &id)
+        })
+        .await;
+        let has =
+            |field: &str, want: &str| spans_in(&line).any(|s| s[field].as_str() == Some(want));
+        assert!(has("span_id", &one(&spans, name).span_id), "{line}");
+        assert!(has("request_id", &request_id), "{line}");
+    }
 
     // A refusal before admission (bad timeout header) still answers with a traceparent.
     let res = stack
