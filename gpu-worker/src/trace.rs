@@ -56,7 +56,7 @@ pub fn batch_span<'a>(
     let span = tracing::info_span!(
         "gpu_worker.batch",
         batch.size = Empty,
-        device = %format!("{:?}", info.device),
+        device = ?info.device,
         model.name = %model.name,
         model.version = %model.version,
     );

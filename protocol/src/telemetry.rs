@@ -120,16 +120,32 @@ fn build_provider(service: &str) -> anyhow::Result<SdkTracerProvider> {
         .build())
 }
 
-/// The context a W3C `traceparent` names, as a remote parent.
+/// The context a W3C `traceparent` names, as a remote parent; an empty one when it is absent or
+/// not of the W3C form (`00-` 32 hex `-` 16 hex `-` 2 hex, lower case).
 pub fn parent_context(traceparent: Option<&str>) -> Context {
-    let Some(tp) = traceparent else {
+    let Some(tp) = traceparent.map(str::trim).filter(|t| well_formed(t)) else {
         return Context::new();
     };
     let carrier = HashMap::from([("traceparent".to_string(), tp.to_string())]);
     TraceContextPropagator::new().extract(&carrier)
 }
 
-/// Whether `traceparent` is a valid W3C trace context.
+/// The W3C form, checked strictly: the propagator alone takes short ids (`00-abc-def-01`).
+fn well_formed(traceparent: &str) -> bool {
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    parts.len() == 4
+        && parts[0] == "00"
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+}
+
+/// Whether `traceparent` is a valid W3C trace context (well formed, ids not all zero).
 pub fn valid_traceparent(traceparent: &str) -> bool {
     parent_context(Some(traceparent))
         .span()
@@ -244,6 +260,8 @@ mod tests {
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         assert!(valid_traceparent(tp));
         assert!(!valid_traceparent("00-abc-def-01"));
+        assert!(!valid_traceparent(&tp.to_uppercase()));
+        assert!(!valid_traceparent(&format!("{tp}-extra")));
         assert!(!valid_traceparent(
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01"
         ));
