@@ -14,6 +14,11 @@ use clothesline_tests::otlp::{OtlpReceiver, ReceivedSpan};
 use clothesline_tests::paths;
 use clothesline_tests::stack::{Stack, StackOptions};
 use clothesline_tests::wait_until;
+use futures::StreamExt as _;
+use protocol::names::{
+    CONTENT_TYPE_JSON, HEADER_CONTENT_TYPE, HEADER_ERROR, HEADER_REPLY_TO, HEADER_REQUEST_ID,
+    HEADER_TRACEPARENT, REQUESTS_SUBJECT,
+};
 
 const SERVICES: [&str; 3] = [
     "clothesline-ingress",
@@ -285,6 +290,37 @@ async fn a_failing_request_carries_its_error_code_and_traceparent() {
         assert!(has("span_id", &one(&spans, name).span_id), "{line}");
         assert!(has("request_id", &request_id), "{line}");
     }
+
+    // The preprocessor's error reply to a plain NATS client carries the request's traceparent.
+    let nats = stack.nats.client().await;
+    let subject = "clothesline.replies.tracing-test";
+    let mut replies = nats.subscribe(subject).await.unwrap();
+    let sent = "00-5bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(HEADER_REQUEST_ID, "tracing-plain-1");
+    headers.insert(HEADER_REPLY_TO, subject);
+    headers.insert(HEADER_CONTENT_TYPE, CONTENT_TYPE_JSON);
+    headers.insert(HEADER_TRACEPARENT, sent);
+    let payload = serde_json::json!({ "url": files.url("page.html") }).to_string();
+    let js = async_nats::jetstream::new(nats.clone());
+    let ack = js
+        .publish_with_headers(REQUESTS_SUBJECT, headers, payload.into())
+        .await
+        .unwrap();
+    ack.await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(30), replies.next())
+        .await
+        .expect("an error reply within 30 s")
+        .unwrap();
+    let header = |name: &str| {
+        reply
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_string())
+    };
+    assert_eq!(header(HEADER_ERROR).as_deref(), Some("not_an_image"));
+    assert_eq!(header(HEADER_TRACEPARENT).as_deref(), Some(sent));
 
     // A refusal before admission (bad timeout header) still answers with a traceparent.
     let res = stack
