@@ -23,6 +23,7 @@ use protocol::reply_to;
 use protocol::{Error, ErrorCode, RequestMeta, TensorMessage};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::engine::{BatchOutput, Engine, EngineError};
 use crate::gather::{Gatherer, Next};
@@ -40,6 +41,8 @@ struct Item {
     tensor: TensorMessage,
     /// When the tensor entered the stream (ms since the epoch), else when it reached the batcher.
     queued_at_ms: u64,
+    /// Its span (see [`crate::trace`]).
+    span: tracing::Span,
 }
 
 /// What a batch task needs; shared by all of them.
@@ -195,7 +198,10 @@ impl Batcher {
                     None => std::future::pending().await,
                 } }, if pull.is_some() => match next {
                     Some(Ok(msg)) if draining => held.push(msg),
-                    Some(Ok(msg)) => self.admit(msg).await,
+                    Some(Ok(msg)) => {
+                        let span = crate::trace::item_span(&msg);
+                        self.admit(msg).instrument(span).await;
+                    }
                     Some(Err(e)) => tracing::warn!(error = %e, "pulling tensors failed"),
                     None => pull = None,
                 },
@@ -254,11 +260,13 @@ impl Batcher {
                     .ok()
             })
             .map_or_else(now_ms, |d| d.as_millis() as u64);
+        crate::trace::queue_wait(queued_at_ms);
         let item = Item {
             msg,
             meta,
             tensor,
             queued_at_ms,
+            span: tracing::Span::current(),
         };
         self.gather.push(item, Instant::now());
     }
@@ -277,13 +285,24 @@ impl Batcher {
 async fn run_batch(shared: Arc<Shared>, batch: Vec<(Item, Instant)>) -> Result<(), EngineError> {
     let now = now_ms();
     let mut items = Vec::with_capacity(batch.len());
-    for (item, _) in batch {
+    let mut admitted = Vec::with_capacity(batch.len());
+    for (item, at) in batch {
+        let span = item.span.clone();
         if item.meta.expired_at(now) {
-            shared.responder.expire(&item.msg, &item.meta).await;
+            shared
+                .responder
+                .expire(&item.msg, &item.meta)
+                .instrument(span)
+                .await;
         } else if shared.is_cancelled(&item.meta) {
-            shared.responder.cancel(&item.msg, &item.meta).await;
+            shared
+                .responder
+                .cancel(&item.msg, &item.meta)
+                .instrument(span)
+                .await;
         } else {
             items.push(item);
+            admitted.push(at);
         }
     }
     if items.is_empty() {
@@ -294,7 +313,10 @@ async fn run_batch(shared: Arc<Shared>, batch: Vec<(Item, Instant)>) -> Result<(
         let wait = started_ms.saturating_sub(item.queued_at_ms);
         shared.metrics.queue_wait.observe(wait as f64 / 1e3);
     }
-    match infer(&shared, &items).await {
+    let model = items[0].tensor.model.clone();
+    let spans = items.iter().map(|i| &i.span).zip(admitted);
+    let batch_span = crate::trace::batch_span(shared.engine.info(), &model, spans);
+    match infer(&shared, &items).instrument(batch_span).await {
         Ok(out) => answer(&shared, &items, out, started_ms).await,
         Err(EngineError::Failed(e)) if items.len() == 1 => {
             fail_inference(&shared, &items[0], e).await;
@@ -354,6 +376,7 @@ async fn answer(shared: &Shared, items: &[Item], out: BatchOutput, started_ms: u
         shared
             .responder
             .predict(&item.msg, &item.meta, logits, timings)
+            .instrument(item.span.clone())
             .await;
     }
 }
@@ -364,6 +387,7 @@ async fn fail_inference(shared: &Shared, item: &Item, error: String) {
     shared
         .responder
         .fail(&item.msg, &item.meta, error, AckKind::Term)
+        .instrument(item.span.clone())
         .await;
 }
 

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod model;
 pub mod reply;
 pub mod testing;
+pub mod trace;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -3,12 +3,13 @@
 use clap::Parser;
 use clothesline_gpu_worker::{Config, run};
 use protocol::runtime::shutdown_signal;
+use protocol::telemetry::{FLUSH_WITHIN, Telemetry};
 
 fn main() -> std::process::ExitCode {
     // Before any thread starts.
     let malloc_tuned = clothesline_gpu_worker::malloc::keep_freed_memory();
     let config = Config::parse();
-    config.log.init();
+    let telemetry = Telemetry::init(&config.log, "clothesline-gpu-worker");
     tracing::info!(malloc_tuned, "malloc keeps freed memory for the next batch");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -17,7 +18,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config, shutdown_signal())) {
+    let result = runtime.block_on(run(config, shutdown_signal()));
+    runtime.block_on(telemetry.shutdown(FLUSH_WITHIN));
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "gpu-worker failed");

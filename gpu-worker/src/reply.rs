@@ -56,6 +56,7 @@ impl Responder {
             return true;
         };
         let headers = reply_headers(meta, reply);
+        let _span = crate::trace::reply_span(meta, reply);
         match self
             .client
             .publish_with_headers(subject.clone(), headers, reply.encode().into())

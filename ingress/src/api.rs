@@ -173,7 +173,10 @@ where
         Ok(c) => c,
         Err(e) => {
             Call::refused(state, route, &e);
-            return AppError(e).into_response();
+            let traceparent = crate::trace::refused(route, call_headers(headers).traceparent, &e);
+            let mut response = AppError(e).into_response();
+            crate::trace::set_header(response.headers_mut(), Some(&traceparent));
+            return response;
         }
     };
     let (call, result) = work(call).await;
@@ -190,6 +193,7 @@ where
     if let Ok(v) = HeaderValue::from_str(&call.request_id) {
         response.headers_mut().insert(HEADER_REQUEST_ID, v);
     }
+    crate::trace::set_header(response.headers_mut(), call.traceparent.as_deref());
     response
 }
 

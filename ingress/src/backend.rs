@@ -79,6 +79,8 @@ impl NatsBackend {
         let mut meta = RequestMeta::new(Some(waiter.reply_to.clone()), Some(job.timeout));
         meta.request_id = job.request_id;
         meta.traceparent = job.traceparent;
+        let publish_span =
+            crate::trace::publish_span(INGRESS_REQUESTS_SUBJECT, &mut meta.traceparent);
         let mut headers = meta.to_headers(&job.content_type);
         // De-duplicated by the token, not by the caller's id: callers choose ids, and two
         // requests sharing one must not swallow each other.
@@ -112,6 +114,7 @@ impl NatsBackend {
             }
             Ok(_) => {}
         }
+        drop(publish_span);
         let reply = tokio::time::timeout_at(deadline, waiter.reply()).await;
         if matches!(reply, Ok(Some(_))) {
             cancel.id = None;

@@ -42,6 +42,8 @@ pub struct Call {
     pub timeout: Duration,
     pub traceparent: Option<String>,
     pub started: Instant,
+    /// The request's span; its outcome is recorded on it.
+    pub span: tracing::Span,
     metrics: Metrics,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
@@ -85,12 +87,14 @@ impl Call {
             )
         })?;
         state.metrics.inflight.inc();
+        let (span, traceparent) = crate::trace::request_span(route, &request_id, h.traceparent);
         Ok(Self {
             route,
             request_id,
             timeout,
-            traceparent: h.traceparent.map(str::to_string),
+            traceparent: Some(traceparent),
             started: Instant::now(),
+            span,
             metrics: state.metrics.clone(),
             _permit: permit,
         })
@@ -122,6 +126,7 @@ impl Call {
 
     /// Records the outcome: status (HTTP's, also for NATS answers), error code, latency.
     pub fn record(&self, status: u16, error: Option<&Error>) {
+        crate::trace::record_outcome(&self.span, status, error);
         if let Some(e) = error {
             self.metrics
                 .errors
@@ -133,7 +138,7 @@ impl Call {
                     .with_label_values(&[e.code.as_str()])
                     .inc();
             }
-            tracing::info!(request_id = %self.request_id, code = %e.code, message = %e.message, "request failed");
+            tracing::info!(parent: &self.span, request_id = %self.request_id, code = %e.code, error = %e.message, "request failed");
         }
         self.metrics
             .requests

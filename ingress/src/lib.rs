@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod replies;
 pub mod server;
 pub mod service;
+pub mod trace;
 pub mod ui;
 
 use std::future::Future;

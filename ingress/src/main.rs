@@ -3,10 +3,13 @@
 use clap::Parser;
 use clothesline_ingress::{Config, run};
 use protocol::runtime::shutdown_signal;
+use protocol::telemetry::{FLUSH_WITHIN, Telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    config.log.init();
-    run(config, shutdown_signal()).await
+    let telemetry = Telemetry::init(&config.log, "clothesline-ingress");
+    let result = run(config, shutdown_signal()).await;
+    telemetry.shutdown(FLUSH_WITHIN).await;
+    result
 }

@@ -69,7 +69,10 @@ async fn answer(state: &AppState, msg: &async_nats::Message) -> (bytes::Bytes, H
         Ok(c) => c,
         Err(e) => {
             Call::refused(state, route, &e);
-            return error_answer(None, &e);
+            let traceparent = crate::trace::refused(route, h.traceparent, &e);
+            let (body, mut headers) = error_answer(None, &e);
+            headers.insert(HEADER_TRACEPARENT, traceparent);
+            return (body, headers);
         }
     };
     let outcome = async {
@@ -91,7 +94,7 @@ async fn answer(state: &AppState, msg: &async_nats::Message) -> (bytes::Bytes, H
         ))
     }
     .await;
-    match outcome {
+    let (body, mut headers) = match outcome {
         Ok(c) => {
             call.record(200, None);
             let mut headers = HeaderMap::new();
@@ -103,7 +106,11 @@ async fn answer(state: &AppState, msg: &async_nats::Message) -> (bytes::Bytes, H
             call.record(e.code.http_status(), Some(&e));
             error_answer(Some(&call.request_id), &e)
         }
+    };
+    if let Some(t) = &call.traceparent {
+        headers.insert(HEADER_TRACEPARENT, t.as_str());
     }
+    (body, headers)
 }
 
 fn error_answer(request_id: Option<&str>, e: &Error) -> (bytes::Bytes, HeaderMap) {

@@ -6,6 +6,7 @@
 //! - [`net`]: safe, bounded downloads ([`Downloader`]) and the address policy;
 //! - [`pipeline`]: a request's payload -> [`protocol::TensorMessage`], without NATS;
 //! - [`settle`]: one request message end to end: publish, ack, retry or reply with the error;
+//! - [`trace`]: the spans of a request through this tier;
 //! - [`worker`]: the main loop ([`run`]) with backpressure and graceful shutdown;
 //! - [`config`], [`metrics`].
 
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod net;
 pub mod pipeline;
 pub mod settle;
+pub mod trace;
 pub mod worker;
 
 pub use config::Config;

@@ -3,12 +3,15 @@
 use clap::Parser;
 use clothesline_preprocessor::{Config, run};
 use protocol::runtime::shutdown_signal;
+use protocol::telemetry::{FLUSH_WITHIN, Telemetry};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
-    config.log.init();
-    match run(config, shutdown_signal()).await {
+    let telemetry = Telemetry::init(&config.log, "clothesline-preprocessor");
+    let result = run(config, shutdown_signal()).await;
+    telemetry.shutdown(FLUSH_WITHIN).await;
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "preprocessor failed");

@@ -154,6 +154,7 @@ impl Pipeline {
         let Some(pre) = self.preprocess(image, gate).await? else {
             return Ok(None);
         };
+        crate::trace::decode_and_resize(pre.decode, pre.resize);
         self.metrics
             .decode_seconds
             .observe(pre.decode.as_secs_f64());

@@ -15,6 +15,7 @@ use protocol::names::*;
 use protocol::publish::{PublishFailure, publish_until};
 use protocol::reply_to;
 use protocol::{Error, ErrorCode, Reply, RequestMeta, TensorMessage};
+use tracing::Instrument as _;
 
 use crate::metrics::{Metrics, outcome};
 use crate::pipeline::{Arrival, Gate, Pipeline};
@@ -212,9 +213,13 @@ impl Settler {
             return Ok(Done::Cancelled("before preprocessing"));
         }
         let ct = content_type(msg.headers.as_ref());
+        let download = crate::trace::download_span();
         let fetched = pipeline
             .fetch(meta, ct.as_deref(), msg.payload.clone())
-            .await?;
+            .instrument(download.clone())
+            .await;
+        crate::trace::record_download(&download, &fetched, |f| f.image.len());
+        let fetched = fetched?;
         if self.is_cancelled(meta) {
             return Ok(Done::Cancelled("before decoding"));
         }
@@ -246,6 +251,7 @@ impl Settler {
     ) -> Result<(), Error> {
         let mut headers = meta.to_headers(CONTENT_TYPE_MSGPACK);
         headers.insert(HEADER_NATS_MSG_ID, msg_id);
+        let _span = crate::trace::publish_span(&mut headers, tensor.data.len());
         let refused = |e: PublishError| {
             Error::new(
                 publish_error_code(e.kind()),
@@ -279,6 +285,7 @@ impl Settler {
         error: Error,
     ) {
         self.metrics.error(error.code);
+        crate::trace::record_failure(&error);
         let id = meta.request_id.as_str();
         let decision = decide(
             &error,
@@ -341,6 +348,9 @@ impl Settler {
         headers.insert(HEADER_REQUEST_ID, meta.request_id.as_str());
         headers.insert(HEADER_CONTENT_TYPE, CONTENT_TYPE_JSON);
         headers.insert(HEADER_ERROR, error.code.as_str());
+        if let Some(t) = &meta.traceparent {
+            headers.insert(HEADER_TRACEPARENT, t.as_str());
+        }
         let body = Reply::error(meta.request_id.clone(), error).encode();
         if let Err(e) = self
             .client

@@ -20,6 +20,7 @@ use protocol::runtime::{ReadyCheck, nats_connected, serve_health, token_from};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -226,11 +227,12 @@ fn start(
 ) {
     let (pipeline, settler) = (pipeline.clone(), settler.clone());
     let inflight = settler.metrics.inflight.clone();
+    let span = crate::trace::item_span(&msg);
     inflight.inc();
     tasks.spawn(async move {
         let _permit = permit;
         let _gauge = GaugeGuard(inflight);
-        settler.handle(&pipeline, msg).await;
+        settler.handle(&pipeline, msg).instrument(span).await;
     });
 }
 

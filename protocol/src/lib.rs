@@ -11,7 +11,8 @@
 //! - [`publish`]: a JetStream publish retried through a leader election or a reconnect;
 //! - [`reply_to`]: reply subjects: validation, and an ingress's per-request subjects;
 //! - [`redact`]: credentials taken out of URLs before they are echoed or logged;
-//! - [`runtime`]: what every binary shares (NATS connection options, logging, shutdown, health server).
+//! - [`runtime`]: what every binary shares (NATS connection options, logging, shutdown, health server);
+//! - [`telemetry`]: traces over OTLP and the `traceparent` that joins them across tiers.
 
 pub mod cancel;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod publish;
 pub mod redact;
 pub mod reply_to;
 pub mod runtime;
+pub mod telemetry;
 
 pub use error::{Error, ErrorCode};
 pub use manifest::Manifest;

@@ -116,16 +116,28 @@ pub struct LogArgs {
 }
 
 impl LogArgs {
+    /// Installs the log subscriber alone (tools without traces). Tiers call
+    /// [`crate::telemetry::Telemetry::init`], which adds the OpenTelemetry layer when asked.
     pub fn init(&self) {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        tracing_subscriber::registry().with(self.fmt_layer()).init();
+    }
+
+    /// The log layer, filtered by `--log`. JSON lines carry the fields of the spans they are
+    /// in: a request's span declares `request_id`, `trace_id` and `span_id`.
+    pub fn fmt_layer<S>(&self) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        use tracing_subscriber::Layer;
         let filter = tracing_subscriber::EnvFilter::try_new(&self.filter)
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-        let builder = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr);
+        let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
         if self.format == "json" {
-            builder.json().init();
+            layer.json().with_filter(filter).boxed()
         } else {
-            builder.init();
+            layer.with_filter(filter).boxed()
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Test harness for the integration suite: a real nats-server with JetStream on a free port
-//! ([`nats::NatsServer`]), a folder of images served on 127.0.0.1 ([`files::FileServer`]), and the
+//! ([`nats::NatsServer`]), an OTLP trace receiver ([`otlp::OtlpReceiver`]), a folder of images served on 127.0.0.1 ([`files::FileServer`]), and the
 //! three tiers as real processes ([`stack::Stack`]). Everything is killed on drop.
 #![allow(clippy::unwrap_used)]
 
@@ -8,6 +8,7 @@ pub mod examples;
 pub mod files;
 pub mod nats;
 pub mod origin;
+pub mod otlp;
 pub mod paths;
 pub mod roles;
 pub mod scan_bomb;

@@ -31,6 +31,8 @@ pub struct StackOptions {
     /// NATS URLs put before the server's own in every tier's comma-separated `NATS_URL`
     /// (e.g. an address where nothing listens), to show that tiers take a list of servers.
     pub extra_nats_urls: Vec<String>,
+    /// Extra environment of every tier (e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for StackOptions {
@@ -44,6 +46,7 @@ impl Default for StackOptions {
             worker_args: vec![],
             nats_auth: false,
             extra_nats_urls: vec![],
+            env: vec![],
         }
     }
 }
@@ -153,7 +156,7 @@ fn spawn_worker(opts: &StackOptions, nats_url: &str, i: usize) -> Tier {
         "clothesline-gpu-worker",
         port,
         nats_url,
-        &nats_env(opts.nats_auth, "gpu-worker"),
+        &tier_env(opts, "gpu-worker"),
         &args,
     )
 }
@@ -175,18 +178,21 @@ fn spawn_preprocessor(opts: &StackOptions, nats_url: &str, i: usize) -> Tier {
         "clothesline-preprocessor",
         port,
         nats_url,
-        &nats_env(opts.nats_auth, "preprocessor"),
+        &tier_env(opts, "preprocessor"),
         &args,
     )
 }
 
-/// The environment that makes a tier connect as `user`, with per-role users; none without.
-fn nats_env(auth: bool, user: &str) -> Vec<(String, String)> {
-    if auth {
+/// The environment of the tier that connects as `user`: its NATS user with per-role users,
+/// then the options' extra environment.
+fn tier_env(opts: &StackOptions, user: &str) -> Vec<(String, String)> {
+    let mut env = if opts.nats_auth {
         NatsServer::tier_env(user)
     } else {
         vec![]
-    }
+    };
+    env.extend(opts.env.iter().cloned());
+    env
 }
 
 fn spawn(
@@ -275,7 +281,7 @@ impl Tiers {
             "clothesline-ingress",
             ingress_port,
             nats_url,
-            &nats_env(opts.nats_auth, "ingress"),
+            &tier_env(opts, "ingress"),
             &ingress_args,
         );
 
