@@ -460,10 +460,13 @@ fn pinned_nats_version() -> String {
 fn nats_pin_problems(root: &Path) -> Vec<String> {
     let want = format!("nats:{}-alpine", nats_version_at(root));
     let compose = &yaml_docs(&std::fs::read_to_string(root.join("compose.yml")).unwrap())[0];
-    let mut images = vec![(
-        "compose.yml".to_string(),
-        compose["services"]["nats"]["image"].clone(),
-    )];
+    // Compose lets NATS_IMAGE swap the image (the local one scripts/base-images.sh builds from the
+    // pinned binary); its default is what users run.
+    let compose_image = compose["services"]["nats"]["image"]
+        .as_str()
+        .map(|i| compose_default(i).into())
+        .unwrap_or(serde_json::Value::Null);
+    let mut images = vec![("compose.yml".to_string(), compose_image)];
     for overlay in ["kind", "eks"] {
         for o in render_at(root, overlay) {
             if o["kind"] == "StatefulSet" && o["metadata"]["name"] == "nats" {
@@ -480,6 +483,15 @@ fn nats_pin_problems(root: &Path) -> Vec<String> {
         .filter(|(_, image)| image.as_str() != Some(want.as_str()))
         .map(|(file, image)| format!("{file} runs {image}, scripts/deps.sh pins {want}"))
         .collect()
+}
+
+/// The value compose gives `${VAR:-default}` when VAR is unset; any other string as it is.
+fn compose_default(value: &str) -> &str {
+    value
+        .strip_prefix("${")
+        .and_then(|v| v.strip_suffix('}'))
+        .and_then(|v| v.split_once(":-"))
+        .map_or(value, |(_, default)| default)
 }
 
 #[test]
