@@ -293,7 +293,8 @@ async fn a_failing_request_carries_its_error_code_and_traceparent() {
 
     // The preprocessor's error reply to a plain NATS client carries the request's traceparent.
     let nats = stack.nats.client().await;
-    let subject = "clothesline.replies.tracing-test";
+    // A plain client on the public lane answers under clothesline.replies.bulk. (see #22).
+    let subject = "clothesline.replies.bulk.tracing-test";
     let mut replies = nats.subscribe(subject).await.unwrap();
     let sent = "00-5bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let mut headers = async_nats::HeaderMap::new();
