@@ -125,10 +125,9 @@ async fn the_page_classifies_an_uploaded_photo_and_shows_errors() {
         .collect();
     photos.sort();
     let input = browser.find(Locator::Id("file")).await.unwrap();
-    input
-        .send_keys(&photos[0].display().to_string())
-        .await
-        .unwrap();
+    // Chromium takes only a canonical path (the default dataset is `<repo>/../shared/...`).
+    let photo = photos[0].canonicalize().unwrap();
+    input.send_keys(&photo.display().to_string()).await.unwrap();
 
     let first = browser
         .wait()
