@@ -40,7 +40,11 @@ pids=()
 stop() {
   trap - INT TERM EXIT
   log "stopping"
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  # The tiers first, nats-server (the first pid) last: a tier drains, hands work back and flushes
+  # through NATS while it stops.
+  for pid in "${pids[@]:1}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]:1}"; do wait "$pid" 2>/dev/null || true; done
+  kill -TERM "${pids[0]}" 2>/dev/null || true
   wait 2>/dev/null || true
 }
 trap stop INT TERM EXIT
