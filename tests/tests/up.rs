@@ -59,7 +59,14 @@ fn sh(command: &str, cwd: &std::path::Path) -> String {
 #[test]
 fn up_sh_prints_examples_that_return_scores() {
     let root = paths::repo_root();
-    let ingress_port = free_port();
+    // Six distinct ports: free_port() binds and releases, so two calls can return the same one
+    // (seen: the gpu-worker's health port was the ingress's).
+    let mut ports = std::collections::BTreeSet::new();
+    while ports.len() < 6 {
+        ports.insert(free_port());
+    }
+    let ports: Vec<u16> = ports.into_iter().collect();
+    let ingress_port = ports[0];
     let mut child = Command::new("bash");
     child
         .arg(root.join("scripts/up.sh"))
@@ -67,11 +74,11 @@ fn up_sh_prints_examples_that_return_scores() {
         .env("ALLOW_PRIVATE_ADDRESSES", "1")
         .env("DEVICE", "cpu")
         .env("INGRESS_PORT", ingress_port.to_string())
-        .env("NATS_PORT", free_port().to_string())
-        .env("NATS_MONITOR_PORT", free_port().to_string())
-        .env("PREPROCESSOR_PORT", free_port().to_string())
-        .env("GPU_WORKER_PORT", free_port().to_string())
-        .env("EXAMPLES_PORT", free_port().to_string())
+        .env("NATS_PORT", ports[1].to_string())
+        .env("NATS_MONITOR_PORT", ports[2].to_string())
+        .env("PREPROCESSOR_PORT", ports[3].to_string())
+        .env("GPU_WORKER_PORT", ports[4].to_string())
+        .env("EXAMPLES_PORT", ports[5].to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
