@@ -80,13 +80,14 @@ def main() -> int:
 
 def check_consistency(report: Report, rendered: dict[str, list[dict]], code: Contract | None) -> None:
     """The files against each other: capacities, fallbacks, rollouts, images, exposure, the
-    dashboard and alerts, the guide."""
+    dashboard and alerts, where the traces go, the guide."""
     for overlay, objects in rendered.items():
         capacity.check_capacity(report, overlay, objects, code)
         placement.check_exposure(report, overlay, objects)
         if overlay != "base":
             contract.check_images(report, overlay, objects)
     monitoring.check_monitoring(report, rendered)
+    compose.check_traces(report)
     guide.check_guide(report, rendered)
 
 

@@ -1,6 +1,7 @@
 """compose.yml against the Compose specification's schema, and against the code: environment
 variables the binaries read, health checks on the tiers' ports, start order, the GPU profile; the
-Prometheus config scrapes every tier's port; the Grafana dashboard asks for metrics that exist.
+Prometheus config scrapes every tier's port; the Grafana dashboard asks for metrics that exist;
+the traces of the three tiers reach the monitoring profile's Jaeger, which Grafana links to.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ SERVICE_TIER = {
     "gpu-worker-cuda": "gpu-worker",
     "provision": "provision",
 }
+# The standard OpenTelemetry variables the three tiers read (protocol/src/telemetry.rs, through the
+# SDK), beside their own options; provision exports no traces.
+TRACE_ENV = {"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"}
 # Gauges of the NATS exporter (`-jsz=all`) the dashboard may use.
 EXPORTER_METRICS = {
     "jetstream_stream_total_messages",
@@ -79,7 +83,7 @@ def check_compose(report: Report, contract: Contract | None) -> None:
     devices = cuda.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
     if cuda.get("profiles") != ["gpu"] or not any("gpu" in d.get("capabilities", []) for d in devices):
         problems.append("the CUDA worker is under the gpu profile with a GPU device reservation")
-    for name in ("prometheus", "grafana", "nats-exporter"):
+    for name in ("prometheus", "grafana", "nats-exporter", "jaeger"):
         if services.get(name, {}).get("profiles") != ["monitoring"]:
             problems.append(f"{name} is under the monitoring profile")
     for name, svc in services.items():
@@ -111,7 +115,10 @@ def tier_problems(spec: dict, contract: Contract) -> list[str]:
     for name, tier in SERVICE_TIER.items():
         svc = spec["services"][name]
         env = svc.get("environment", {})
-        problems += [f"{name}: {tier} reads no {v}" for v in sorted(set(env) - contract.env_names(tier))]
+        allowed = contract.env_names(tier) | (TRACE_ENV if tier != "provision" else set())
+        problems += [f"{name}: {tier} reads no {v}" for v in sorted(set(env) - allowed)]
+        if tier != "provision" and not TRACE_ENV <= set(env):
+            problems.append(f"{name}: does not pass the OTEL_* trace variables")
         if env.get("NATS_URL") != "nats://nats:4222":
             problems.append(f"{name}: NATS_URL is not nats://nats:4222")
         if tier == "provision":
@@ -149,6 +156,33 @@ def check_nats_service(report: Report, nats: dict) -> None:
     if not any("nats-server.conf" in str(v) for v in nats.get("volumes", [])):
         problems.append("nats does not use nats/nats-server.conf")
     report.add("compose.yml: nats uses the repository's server config and ports", problems)
+
+
+def check_traces(report: Report) -> None:
+    """Traces off by default; the endpoint compose.yml's header gives reaches Jaeger's OTLP/HTTP
+    receiver; the dashboard links to the trace data source Grafana is given."""
+    services = load_compose()[1]["services"]
+    problems = []
+    for name, tier in SERVICE_TIER.items():
+        env = services[name].get("environment", {})
+        if tier != "provision" and env.get("OTEL_EXPORTER_OTLP_ENDPOINT") not in ("", None):
+            problems.append(f"{name}: exports traces by default (the endpoint must default to empty)")
+    jaeger = services.get("jaeger", {})
+    command = " ".join(jaeger.get("command", []))
+    if "receivers.otlp.protocols.http.endpoint=0.0.0.0:4318" not in command:
+        problems.append("jaeger does not receive OTLP/HTTP on 0.0.0.0:4318 (the documented endpoint)")
+    if "OTEL_EXPORTER_OTLP_ENDPOINT=http://jaeger:4318" not in (ROOT / "compose.yml").read_text():
+        problems.append("compose.yml's header does not give OTEL_EXPORTER_OTLP_ENDPOINT=http://jaeger:4318")
+    if "jaeger" not in depends_on(services.get("grafana", {})):
+        problems.append("grafana does not start after jaeger, its trace data source")
+    report.add("compose.yml: traces off by default, Jaeger receives them in the monitoring profile", problems)
+    dash = json.loads((ROOT / "deploy/grafana/dashboards/clothesline.json").read_text())
+    traces = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/jaeger.yml").read_text())
+    trace_uids = {d["uid"] for d in traces["datasources"] if d["type"] in ("jaeger", "tempo")}
+    links = [link.get("url", "") for link in dash.get("links", [])]
+    problems = [] if any(f"%22{uid}%22" in url for url in links for uid in trace_uids) else \
+        ["no dashboard link opens the provisioned trace data source"]
+    report.add("grafana dashboard: links to the traces (Jaeger data source)", problems)
 
 
 def code_metrics() -> set[str]:

@@ -674,6 +674,20 @@ const MUTATIONS: &[Mutation] = &[
         expect: "the teardown deletes the namespace",
     },
     Mutation {
+        what: "compose exporting traces by default (#18)",
+        file: "compose.yml",
+        from: "OTEL_EXPORTER_OTLP_ENDPOINT: ${OTEL_EXPORTER_OTLP_ENDPOINT:-}",
+        to: "OTEL_EXPORTER_OTLP_ENDPOINT: ${OTEL_EXPORTER_OTLP_ENDPOINT:-http://jaeger:4318}",
+        expect: "exports traces by default",
+    },
+    Mutation {
+        what: "the dashboard's traces link to a data source that is not provisioned (#18)",
+        file: "deploy/grafana/provisioning/datasources/jaeger.yml",
+        from: "uid: jaeger",
+        to: "uid: traces",
+        expect: "no dashboard link opens the provisioned trace data source",
+    },
+    Mutation {
         what: "no topology spread for the ingress",
         file: "k8s/base/ingress.yaml",
         from: "topologyKey: kubernetes.io/hostname",
