@@ -50,7 +50,12 @@ declare -p INGRESS_ARGS >/dev/null 2>&1 || INGRESS_ARGS=()
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
+# The tiers first, nats-server last (as a deployment drains): with everything SIGTERMed at once a
+# gpu-worker has hung past its grace period (issue #14), which would stall a benchmark.
 stop_all() {
+  local pid
+  for pid in "${pids[@]}"; do [ "$pid" = "${NATS_PID:-}" ] || kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do [ "$pid" = "${NATS_PID:-}" ] || wait "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   pids=()
