@@ -196,9 +196,42 @@ async fn a_repeated_id_gets_the_kept_answer_without_a_second_inference() {
         "a retried id ran the model again"
     );
 
-    // What the ingress counted: 4 ran (one HTTP, two batch items, one NATS), 5 were kept
-    // answers, 2 conflicts.
-    assert_eq!(sample(&stack, ingress, &idempotent("new")).await, 4.0);
+    // A transient failure is not kept: a request past its deadline (its download held) releases
+    // its id, and the retry runs anew.
+    let held = origin.url("/gated/late.jpg");
+    let late = {
+        let (http, url) = (stack.http.clone(), ingress.url("/v1/classify"));
+        let body = json!({ "url": held });
+        tokio::spawn(async move {
+            let res = http
+                .post(url)
+                .header("x-request-id", "late-1")
+                .header("x-request-timeout-ms", "1000")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (res.status().as_u16(), res.json::<Value>().await.unwrap())
+        })
+    };
+    assert_eq!(origin.arrival().await, "/gated/late.jpg");
+    let (status, error) = late.await.unwrap();
+    assert_eq!(status, 504, "{error}");
+    assert_eq!(error["error"]["code"], "deadline_exceeded");
+    origin.release();
+    let (status, _, retried) = post(
+        ingress,
+        http,
+        "/v1/classify",
+        "late-1",
+        json!({ "url": held }),
+    )
+    .await;
+    assert_eq!(status, 200, "{retried}");
+
+    // What the ingress counted: 6 ran (one HTTP, two batch items, one NATS, the late one twice),
+    // 5 were kept answers, 2 conflicts.
+    assert_eq!(sample(&stack, ingress, &idempotent("new")).await, 6.0);
     assert_eq!(sample(&stack, ingress, &idempotent("cached")).await, 5.0);
     assert_eq!(sample(&stack, ingress, &idempotent("conflict")).await, 2.0);
 }
@@ -221,18 +254,19 @@ async fn wait_for_waiting(stack: &Stack, ingresses: &[&Tier], n: f64) {
     .await
 }
 
-/// `POST /v1/classify {"url": image}` with `X-Request-Id: same-1` on a task: status, JSON body.
-fn classify_same_id(
+/// `POST /v1/classify {"url": image}` with `X-Request-Id: id` on a task: status, JSON body.
+fn classify_with_id(
     stack: &Stack,
     ingress: &Tier,
     image: &str,
+    id: &'static str,
 ) -> tokio::task::JoinHandle<(u16, Value)> {
     let (http, url) = (stack.http.clone(), ingress.url("/v1/classify"));
     let body = json!({ "url": image });
     tokio::spawn(async move {
         let res = http
             .post(url)
-            .header("x-request-id", "same-1")
+            .header("x-request-id", id)
             .json(&body)
             .send()
             .await
@@ -251,17 +285,17 @@ async fn the_same_id_in_flight_on_two_ingresses_and_nats_costs_one_inference() {
     let ingresses = [&stack.ingress, &second];
 
     // The first holds the id while the preprocessor downloads the (gated) image.
-    let first = classify_same_id(&stack, &stack.ingress, &image);
+    let first = classify_with_id(&stack, &stack.ingress, &image, "same-1");
     assert_eq!(origin.arrival().await, "/gated/shirt.jpg");
     // The same id on the same ingress, over NATS, and on the other ingress: each attaches.
-    let same_ingress = classify_same_id(&stack, &stack.ingress, &image);
+    let same_ingress = classify_with_id(&stack, &stack.ingress, &image, "same-1");
     wait_for_waiting(&stack, &ingresses, 1.0).await;
     let over_nats = {
         let (client, image) = (client.clone(), image.clone());
         tokio::spawn(async move { service(&client, "same-1", &image).await })
     };
     wait_for_waiting(&stack, &ingresses, 2.0).await;
-    let other_ingress = classify_same_id(&stack, &second, &image);
+    let other_ingress = classify_with_id(&stack, &second, &image, "same-1");
     wait_for_waiting(&stack, &ingresses, 3.0).await;
 
     origin.release();
@@ -291,4 +325,44 @@ async fn the_same_id_in_flight_on_two_ingresses_and_nats_costs_one_inference() {
     }
     assert_eq!(counted, [1.0, 3.0], "new and attached requests");
     assert_eq!(waiting(&stack, &ingresses).await, 0.0);
+}
+
+/// The ingress holding an id is SIGKILLed: a retry on another ingress waits for the claim's
+/// deadline, takes the claim over and runs the request itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_whose_ingress_died_is_taken_over_after_its_deadline() {
+    let mut stack = start().await;
+    let second = stack.add_ingress(1).await;
+    let origin = Origin::start(paths::validation_image("shoes")).await;
+    let image = origin.url("/gated/shoes.jpg");
+
+    let orphan = {
+        let (http, url) = (stack.http.clone(), stack.ingress.url("/v1/classify"));
+        let body = json!({ "url": image });
+        tokio::spawn(async move {
+            http.post(url)
+                .header("x-request-id", "orphan-1")
+                .header("x-request-timeout-ms", "3000")
+                .json(&body)
+                .send()
+                .await
+        })
+    };
+    assert_eq!(origin.arrival().await, "/gated/shoes.jpg");
+    stack.ingress.kill();
+    assert!(
+        orphan.await.unwrap().is_err(),
+        "the killed ingress answered"
+    );
+
+    // The retry attaches to the dead claim, takes it over at its deadline and runs anew.
+    let retry = classify_with_id(&stack, &second, &image, "orphan-1");
+    wait_for_waiting(&stack, &[&second], 1.0).await;
+    assert_eq!(origin.arrival().await, "/gated/shoes.jpg");
+    origin.release();
+    let (status, answer) = retry.await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["request_id"], "orphan-1");
+    assert_eq!(sample(&stack, &second, &idempotent("new")).await, 1.0);
+    assert_eq!(sample(&stack, &second, &idempotent("attached")).await, 0.0);
 }
