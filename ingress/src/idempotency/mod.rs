@@ -90,7 +90,7 @@ impl Idempotent {
         self.metrics.idempotent.with_label_values(&[outcome]).inc();
     }
 
-    async fn submit_once(&self, job: Job) -> Result<Prediction, Error> {
+    async fn submit_once(&self, mut job: Job) -> Result<Prediction, Error> {
         let deadline = Deadline {
             at: Instant::now() + job.timeout,
             timeout: job.timeout,
@@ -115,6 +115,9 @@ impl Idempotent {
             {
                 Ok(revision) => {
                     self.count("new");
+                    // What is left of the caller's deadline (it may have waited on another
+                    // request first): the run ends by the claim's deadline.
+                    job.timeout = deadline.at.saturating_duration_since(Instant::now());
                     return self.run(kv, key, revision, body, job).await;
                 }
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
