@@ -21,7 +21,7 @@ use protocol::names::CONTENT_TYPE_JSON;
 use protocol::{ClassifyRequest, Error, ErrorCode};
 use serde::Deserialize;
 
-use crate::call::{AppState, Call, CallHeaders, Classification, valid_request_id};
+use crate::call::{AppState, Call, CallHeaders, Classification};
 use crate::error::AppError;
 use crate::server::SlowClientCut;
 
@@ -58,20 +58,21 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Gives every request a valid `X-Request-Id` (the caller's if valid, else a new one) before any
-/// handler or extractor sees it, and puts it on every answer, refusals included.
+/// Puts an `X-Request-Id` on every answer, refusals included: the request's (see [`handle`]),
+/// else the caller's if valid, else a new one. An invalid one is dropped before any handler
+/// sees it, so the request gets a new id (and is not idempotent).
 async fn request_id(mut request: Request, next: Next) -> Response {
-    let id = request
+    let caller = request
         .headers()
         .get(HEADER_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .filter(|id| valid_request_id(id))
-        .map(str::to_string)
-        .unwrap_or_else(protocol::meta::new_request_id);
-    let value = HeaderValue::from_str(&id).ok();
-    if let Some(v) = &value {
-        request.headers_mut().insert(HEADER_REQUEST_ID, v.clone());
+        .filter(|id| protocol::meta::valid_caller_id(id))
+        .map(str::to_string);
+    if caller.is_none() {
+        request.headers_mut().remove(HEADER_REQUEST_ID);
     }
+    let id = caller.unwrap_or_else(protocol::meta::new_request_id);
+    let value = HeaderValue::from_str(&id).ok();
     let mut response = next.run(request).await;
     if let Some(v) = value {
         response.headers_mut().entry(HEADER_REQUEST_ID).or_insert(v);
@@ -376,10 +377,7 @@ async fn classify_batch(
             let urls = batch_urls(&body, state.max_batch_urls)?;
             let mut calls = Vec::with_capacity(urls.len());
             for i in 0..urls.len() {
-                let id = format!("{}-{i}", call.request_id);
-                let timeout = call.timeout.as_millis().to_string();
-                let h = CallHeaders { request_id: Some(&id), timeout_ms: Some(&timeout), traceparent: call.traceparent.as_deref() };
-                calls.push(Call::begin(&state, "/v1/classify/batch[item]", h)?);
+                calls.push(call.item(&state, "/v1/classify/batch[item]", i)?);
             }
             let top_k = q.top_k.unwrap_or(3);
             let items = futures::future::join_all(urls.into_iter().zip(calls).map(|(url, item)| {

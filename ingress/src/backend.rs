@@ -20,6 +20,10 @@ use protocol::publish::{PublishFailure, publish_until};
 #[derive(Debug, Clone)]
 pub struct Job {
     pub request_id: String,
+    /// The id is the caller's (or derived from it): the request is idempotent
+    /// ([`crate::idempotency`]) and never cancelled, since a retry under the same id would
+    /// find the id in the workers' cancelled set and be dropped.
+    pub caller_id: bool,
     /// `application/json` for `{"url"}`, or the image's own type.
     pub content_type: String,
     pub payload: Bytes,
@@ -90,7 +94,7 @@ impl NatsBackend {
         // to bother.
         let mut cancel = CancelOnDrop {
             client: self.client.clone(),
-            id: Some(meta.request_id.clone()),
+            id: (!job.caller_id).then(|| meta.request_id.clone()),
         };
         // A leader election or a reconnect is retried until the deadline (same Nats-Msg-Id, the
         // token: stored once).
@@ -152,7 +156,7 @@ impl Drop for CancelOnDrop {
     }
 }
 
-fn deadline_error(timeout: Duration) -> Error {
+pub(crate) fn deadline_error(timeout: Duration) -> Error {
     Error::new(
         ErrorCode::DeadlineExceeded,
         format!(

@@ -35,10 +35,18 @@ pub struct CallHeaders<'a> {
     pub traceparent: Option<&'a str>,
 }
 
+/// A request's id and whether the caller chose it.
+struct Named {
+    id: String,
+    caller_id: bool,
+}
+
 /// One admitted request: holds its in-flight permit until dropped.
 pub struct Call {
     pub route: &'static str,
     pub request_id: String,
+    /// Whether the id is the caller's (or derived from it): then the request is idempotent.
+    pub caller_id: bool,
     pub timeout: Duration,
     pub traceparent: Option<String>,
     pub started: Instant,
@@ -50,12 +58,22 @@ pub struct Call {
 
 impl Call {
     /// Admits a request, or refuses it (`bad_request`, `overloaded`) without queueing anything.
+    /// A valid id of the caller's ([`protocol::meta::valid_caller_id`]) names the request (and
+    /// makes it idempotent, [`crate::idempotency`]); without one it gets a new id.
     pub fn begin(state: &AppState, route: &'static str, h: CallHeaders<'_>) -> Result<Self, Error> {
-        let request_id = h
+        let id = match h
             .request_id
-            .filter(|id| valid_request_id(id))
-            .map(str::to_string)
-            .unwrap_or_else(protocol::meta::new_request_id);
+            .filter(|id| protocol::meta::valid_caller_id(id))
+        {
+            Some(id) => Named {
+                id: id.to_string(),
+                caller_id: true,
+            },
+            None => Named {
+                id: protocol::meta::new_request_id(),
+                caller_id: false,
+            },
+        };
         let timeout = match h.timeout_ms {
             None => state.default_timeout,
             Some(v) => {
@@ -75,6 +93,27 @@ impl Call {
                 Duration::from_millis(ms).min(state.max_timeout)
             }
         };
+        Self::admit(state, route, id, timeout, h.traceparent)
+    }
+
+    /// Admits the `index`th part of this request (a batch item): its id derived from this one's
+    /// ([`protocol::meta::derived_request_id`], idempotent when this one's is the caller's), the
+    /// same deadline, a span under this request's.
+    pub fn item(&self, state: &AppState, route: &'static str, index: usize) -> Result<Self, Error> {
+        let id = Named {
+            id: protocol::meta::derived_request_id(&self.request_id, index),
+            caller_id: self.caller_id,
+        };
+        Self::admit(state, route, id, self.timeout, self.traceparent.as_deref())
+    }
+
+    fn admit(
+        state: &AppState,
+        route: &'static str,
+        named: Named,
+        timeout: Duration,
+        traceparent: Option<&str>,
+    ) -> Result<Self, Error> {
         let permit = state.inflight.clone().try_acquire_owned().map_err(|_| {
             state
                 .metrics
@@ -87,10 +126,11 @@ impl Call {
             )
         })?;
         state.metrics.inflight.inc();
-        let (span, traceparent) = crate::trace::request_span(route, &request_id, h.traceparent);
+        let (span, traceparent) = crate::trace::request_span(route, &named.id, traceparent);
         Ok(Self {
             route,
-            request_id,
+            request_id: named.id,
+            caller_id: named.caller_id,
             timeout,
             traceparent: Some(traceparent),
             started: Instant::now(),
@@ -117,6 +157,7 @@ impl Call {
     pub fn job(&self, content_type: &str, payload: Bytes) -> Job {
         Job {
             request_id: self.request_id.clone(),
+            caller_id: self.caller_id,
             content_type: content_type.to_string(),
             payload,
             timeout: self.timeout,
@@ -155,14 +196,6 @@ impl Drop for Call {
     fn drop(&mut self) {
         self.metrics.inflight.dec();
     }
-}
-
-pub fn valid_request_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -3,6 +3,7 @@
 //! waits for the reply that the finishing tier publishes there.
 //!
 //! The same classification is offered to NATS services on `clothesline.classify` ([`service`]).
+//! A request with the caller's own id is idempotent across replicas ([`idempotency`]).
 //!
 //! [`run`] takes its shutdown future so tests control it; [`api::app`] builds the router from a
 //! state whose [`backend::Backend`] can be faked in unit tests.
@@ -13,6 +14,7 @@ pub mod call;
 pub mod canned;
 pub mod config;
 pub mod error;
+pub mod idempotency;
 pub mod metrics;
 pub mod replies;
 pub mod server;
@@ -30,6 +32,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::NatsBackend;
+use crate::idempotency::Idempotent;
 use crate::metrics::Metrics;
 use crate::replies::ReplyRouter;
 
@@ -62,12 +65,18 @@ pub async fn serve(
     let router = ReplyRouter::new(subjects, metrics.clone());
     let routing = router.start(&client).await?;
 
+    let nats_backend = Arc::new(NatsBackend {
+        client: client.clone(),
+        js: js.clone(),
+        router: router.clone(),
+    });
     let state = AppState {
-        backend: Arc::new(NatsBackend {
-            client: client.clone(),
+        backend: Arc::new(Idempotent::new(
+            nats_backend,
             js,
-            router: router.clone(),
-        }),
+            instance.clone(),
+            metrics.clone(),
+        )),
         metrics,
         inflight: Arc::new(Semaphore::new(config.max_inflight)),
         default_timeout: config.default_timeout(),

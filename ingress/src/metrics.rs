@@ -23,6 +23,12 @@ pub struct Metrics {
     /// HTTP connections the ingress closed on a slow or surplus client, by reason
     /// (header_timeout, body_timeout, over_capacity, shutdown).
     pub connections_closed: IntCounterVec,
+    /// Requests with a caller's id, by what the id found ([`crate::idempotency`]): `new` (ran
+    /// the model), `cached` (a kept answer), `attached` (the answer of the same request in
+    /// flight), `conflict` (the id was taken by another body).
+    pub idempotent: IntCounterVec,
+    /// Requests waiting for the answer of the same id's request in flight (attached).
+    pub idempotent_waiting: IntGauge,
 }
 
 impl Metrics {
@@ -72,6 +78,19 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let idempotent = IntCounterVec::new(
+            Opts::new(
+                "ingress_idempotent_requests_total",
+                "Requests with a caller's id, by outcome (new, cached, attached, conflict)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let idempotent_waiting = IntGauge::new(
+            "ingress_idempotent_waiting",
+            "Requests waiting for the answer of the same id's request in flight",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(errors.clone()),
@@ -81,6 +100,8 @@ impl Metrics {
             Box::new(unmatched_replies.clone()),
             Box::new(connections_open.clone()),
             Box::new(connections_closed.clone()),
+            Box::new(idempotent.clone()),
+            Box::new(idempotent_waiting.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -94,6 +115,8 @@ impl Metrics {
             unmatched_replies,
             connections_open,
             connections_closed,
+            idempotent,
+            idempotent_waiting,
         }
     }
 }

@@ -74,7 +74,7 @@ impl CancelSet {
         Ok(Listener(tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
                 match std::str::from_utf8(&msg.payload) {
-                    Ok(id) if is_plausible_id(id) => {
+                    Ok(id) if crate::meta::valid_request_id(id) => {
                         set.insert(id);
                         received.inc();
                     }
@@ -113,10 +113,6 @@ pub async fn subscribe_if(
 
 /// Default capacity of a tier's set: ids cancelled within the last minutes at a high rate.
 pub const DEFAULT_CAPACITY: usize = 65_536;
-
-fn is_plausible_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 256 && !id.contains(char::is_control)
-}
 
 #[cfg(test)]
 mod tests {

@@ -54,10 +54,12 @@ pub enum ErrorCode {
     UriTooLong,
     /// The request headers are larger or more numerous than the server reads (HTTP only).
     HeadersTooLarge,
+    /// The request id was used within the idempotency window for a request with another body.
+    IdConflict,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         Self::BadRequest,
         Self::InvalidUrl,
         Self::BlockedAddress,
@@ -80,6 +82,7 @@ impl ErrorCode {
         Self::MethodNotAllowed,
         Self::UriTooLong,
         Self::HeadersTooLarge,
+        Self::IdConflict,
     ];
 
     /// The stable string form, as serialized.
@@ -107,6 +110,7 @@ impl ErrorCode {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::UriTooLong => "uri_too_long",
             Self::HeadersTooLarge => "headers_too_large",
+            Self::IdConflict => "id_conflict",
         }
     }
 
@@ -131,6 +135,7 @@ impl ErrorCode {
             Self::MethodNotAllowed => 405,
             Self::UriTooLong => 414,
             Self::HeadersTooLarge => 431,
+            Self::IdConflict => 409,
         }
     }
 
@@ -234,6 +239,7 @@ mod tests {
         assert_eq!(ErrorCode::DeadlineExceeded.http_status(), 504);
         assert_eq!(ErrorCode::Overloaded.http_status(), 429);
         assert_eq!(ErrorCode::QueueFull.http_status(), 503);
+        assert_eq!(ErrorCode::IdConflict.http_status(), 409);
     }
 
     #[test]

@@ -21,6 +21,35 @@ pub fn new_request_id() -> String {
     nuid::next().to_string()
 }
 
+/// Longest request id a caller may choose (`X-Request-Id`, `Clothesline-Request-Id`).
+pub const MAX_CALLER_ID_LEN: usize = 128;
+/// Longest suffix the ingress appends to a caller's id: `-<index>` of a batch item.
+const MAX_DERIVED_SUFFIX_LEN: usize = 1 + 20;
+/// Longest request id anywhere: a caller's id and the suffix of an id derived from it.
+pub const MAX_REQUEST_ID_LEN: usize = MAX_CALLER_ID_LEN + MAX_DERIVED_SUFFIX_LEN;
+
+/// The one rule for request ids, wherever one is read: 1 to [`MAX_REQUEST_ID_LEN`] characters
+/// of `[A-Za-z0-9._-]`. A caller's own id must also fit [`MAX_CALLER_ID_LEN`]
+/// ([`valid_caller_id`]), so every id derived from it ([`derived_request_id`]) is valid too.
+pub fn valid_request_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_REQUEST_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// Whether a caller may name its request `id` (see [`valid_request_id`]).
+pub fn valid_caller_id(id: &str) -> bool {
+    id.len() <= MAX_CALLER_ID_LEN && valid_request_id(id)
+}
+
+/// The id of the `index`th part of request `parent` (a batch item): `<parent>-<index>`, valid
+/// whenever `parent` is a valid caller id.
+pub fn derived_request_id(parent: &str, index: usize) -> String {
+    format!("{parent}-{index}")
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestMeta {
     pub request_id: String,
@@ -111,6 +140,20 @@ pub fn content_type(headers: Option<&HeaderMap>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_derived_from_every_valid_caller_id_are_valid() {
+        let longest = "a".repeat(MAX_CALLER_ID_LEN);
+        assert!(valid_caller_id(&longest));
+        assert!(!valid_caller_id(&format!("{longest}b")));
+        let derived = derived_request_id(&longest, usize::MAX);
+        assert!(valid_request_id(&derived), "{derived}");
+        assert!(!valid_caller_id(&derived));
+        for bad in ["", "not valid!", "a/b", "caf\u{e9}", "a\nb"] {
+            assert!(!valid_request_id(bad), "{bad:?}");
+        }
+        assert!(valid_request_id(&new_request_id()));
+    }
 
     #[test]
     fn headers_round_trip() {

@@ -20,6 +20,13 @@ pub const TENSORS_SUBJECT: &str = "clothesline.tensors";
 /// Durable pull consumer the gpu-workers share on the tensors stream.
 pub const GPU_WORKER_CONSUMER: &str = "gpu-worker";
 
+/// JetStream key-value bucket of idempotent requests: per caller-chosen request id (keyed by its
+/// SHA-256), the claim of the ingress running it, then its answer, kept for the idempotency
+/// window (the bucket's max age).
+pub const RESULTS_BUCKET: &str = "clothesline-results";
+/// The stream behind [`RESULTS_BUCKET`].
+pub const RESULTS_STREAM: &str = "KV_clothesline-results";
+
 /// Request-reply service subject answered by the ingress (NATS services API, name below).
 pub const SERVICE_SUBJECT: &str = "clothesline.classify";
 /// Name of the ingress in the NATS services API (`nats micro ls`).

@@ -1,25 +1,51 @@
 //! Idempotent provisioning of the JetStream topology: two work-queue streams, each with one
-//! durable pull consumer. The definitions live in `nats/jetstream/*.json` in the server's own
-//! JSON format (usable with `nats stream add --config`) and are compiled in as defaults.
+//! durable pull consumer, and the key-value bucket of idempotent requests
+//! ([`RESULTS_BUCKET`], its max age the idempotency window). The stream and consumer definitions
+//! live in `nats/jetstream/*.json` in the server's own JSON format (usable with
+//! `nats stream add --config`) and are compiled in as defaults; the bucket is declared here.
 //!
-//! Running [`provision`] twice is harmless: a stream is created or updated to the declared
-//! config, a consumer is created or updated (only fields the server allows to change).
+//! Running [`provision`] twice is harmless: a stream or the bucket is created or updated to the
+//! declared config, a consumer is created or updated (only fields the server allows to change).
 
 use std::path::Path;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull, stream};
+use async_nats::jetstream::{self, consumer::pull, kv, stream};
 use tokio_util::sync::CancellationToken;
 
 use crate::names::*;
 
-/// The declared topology: the stream and consumer configs.
+/// The declared topology: the stream, consumer and bucket configs.
 #[derive(Debug, Clone)]
 pub struct Topology {
     pub requests: stream::Config,
     pub tensors: stream::Config,
     pub preprocessor: pull::Config,
     pub gpu_worker: pull::Config,
+    /// The bucket of idempotent requests ([`RESULTS_BUCKET`]).
+    pub results: kv::Config,
+}
+
+/// How long the answer to a request with a caller's id is kept by default (the bucket's max
+/// age, counted from the answer).
+pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(600);
+
+/// The bucket of idempotent requests: one entry per request id (history 1), each at most
+/// 64 KiB (an answer is about 1 KiB), the whole bounded to 256 MiB (discard new: when full, a
+/// request with a caller's id is answered `unavailable`), entries dropped `window` after their
+/// last write.
+fn results_bucket(window: Duration) -> kv::Config {
+    kv::Config {
+        bucket: RESULTS_BUCKET.into(),
+        description: "clothesline: claims and answers of requests with a caller's id".into(),
+        history: 1,
+        max_age: window,
+        max_bytes: 256 << 20,
+        max_value_size: 64 << 10,
+        storage: stream::StorageType::File,
+        num_replicas: 1,
+        ..Default::default()
+    }
 }
 
 const REQUESTS_JSON: &str = include_str!("../../nats/jetstream/requests.stream.json");
@@ -100,6 +126,7 @@ impl Topology {
             tensors: parse("tensors.stream.json", tensors)?,
             preprocessor: parse("preprocessor.consumer.json", pre)?,
             gpu_worker: parse("gpu-worker.consumer.json", gpu)?,
+            results: results_bucket(DEFAULT_IDEMPOTENCY_WINDOW),
         };
         t.check()?;
         Ok(t)
@@ -169,10 +196,11 @@ impl Topology {
         Ok(())
     }
 
-    /// Sets the replica count of both streams (3 on a clustered NATS).
+    /// Sets the replica count of both streams and of the bucket (3 on a clustered NATS).
     pub fn with_replicas(mut self, replicas: usize) -> Self {
         self.requests.num_replicas = replicas;
         self.tensors.num_replicas = replicas;
+        self.results.num_replicas = replicas;
         self
     }
 
@@ -180,12 +208,38 @@ impl Topology {
     pub fn with_memory_storage(mut self) -> Self {
         self.requests.storage = stream::StorageType::Memory;
         self.tensors.storage = stream::StorageType::Memory;
+        self.results.storage = stream::StorageType::Memory;
+        self
+    }
+
+    /// Keeps answers to requests with a caller's id for `window` (at least a second).
+    pub fn with_idempotency_window(mut self, window: Duration) -> Self {
+        self.results.max_age = window.max(Duration::from_secs(1));
         self
     }
 }
 
-/// Creates or updates both streams and both consumers to the declared config.
+/// Creates or updates both streams, both consumers and the bucket to the declared config.
 pub async fn provision(js: &jetstream::Context, topology: &Topology) -> Result<(), ProvisionError> {
+    provision_queues(js, topology).await?;
+    js.create_or_update_key_value(topology.results.clone())
+        .await
+        .map_err(|e| ProvisionError::Stream {
+            name: RESULTS_STREAM.into(),
+            source: e.into(),
+        })?;
+    tracing::info!(
+        bucket = RESULTS_BUCKET,
+        window_s = topology.results.max_age.as_secs(),
+        "provisioned"
+    );
+    Ok(())
+}
+
+async fn provision_queues(
+    js: &jetstream::Context,
+    topology: &Topology,
+) -> Result<(), ProvisionError> {
     for (stream_cfg, consumer_cfg) in [
         (&topology.requests, &topology.preprocessor),
         (&topology.tensors, &topology.gpu_worker),
@@ -251,9 +305,17 @@ mod tests {
         assert_eq!(t.requests.max_bytes, 1 << 30);
         assert_eq!(t.preprocessor.ack_wait, Duration::from_secs(30));
         assert_eq!(t.gpu_worker.max_deliver, 5);
-        let t = t.with_replicas(3).with_memory_storage();
+        assert_eq!(t.results.max_age, DEFAULT_IDEMPOTENCY_WINDOW);
+        assert_eq!(t.results.history, 1);
+        let t = t
+            .with_replicas(3)
+            .with_memory_storage()
+            .with_idempotency_window(Duration::from_secs(60));
         assert_eq!(t.tensors.num_replicas, 3);
+        assert_eq!(t.results.num_replicas, 3);
         assert_eq!(t.requests.storage, stream::StorageType::Memory);
+        assert_eq!(t.results.storage, stream::StorageType::Memory);
+        assert_eq!(t.results.max_age, Duration::from_secs(60));
     }
 
     #[test]

@@ -161,6 +161,25 @@ fn spawn_worker(opts: &StackOptions, nats_url: &str, i: usize) -> Tier {
     )
 }
 
+fn spawn_ingress(opts: &StackOptions, nats_url: &str, i: usize) -> Tier {
+    let port = free_port();
+    let mut args = vec!["--http-addr".into(), format!("127.0.0.1:{port}")];
+    args.extend(opts.ingress_args.iter().cloned());
+    let name = if i == 0 {
+        "ingress".to_string()
+    } else {
+        format!("ingress-{i}")
+    };
+    spawn(
+        &name,
+        "clothesline-ingress",
+        port,
+        nats_url,
+        &tier_env(opts, "ingress"),
+        &args,
+    )
+}
+
 fn spawn_preprocessor(opts: &StackOptions, nats_url: &str, i: usize) -> Tier {
     let port = free_port();
     let mut args = vec![
@@ -273,17 +292,7 @@ impl Tiers {
             .map(|i| spawn_preprocessor(opts, nats_url, i))
             .collect::<Vec<_>>();
 
-        let ingress_port = free_port();
-        let mut ingress_args = vec!["--http-addr".into(), format!("127.0.0.1:{ingress_port}")];
-        ingress_args.extend(opts.ingress_args.iter().cloned());
-        let ingress = spawn(
-            "ingress",
-            "clothesline-ingress",
-            ingress_port,
-            nats_url,
-            &tier_env(opts, "ingress"),
-            &ingress_args,
-        );
+        let ingress = spawn_ingress(opts, nats_url, 0);
 
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
@@ -335,6 +344,14 @@ impl Stack {
         wait_ready(&self.http, &tier).await;
         self.preprocessors.push(tier);
         &self.preprocessors[i]
+    }
+
+    /// Starts another ingress (`i` names it), with the stack's options, and waits until it is
+    /// ready; the caller holds it (SIGKILLed on drop).
+    pub async fn add_ingress(&self, i: usize) -> Tier {
+        let tier = spawn_ingress(&self.opts, &self.opts.tier_nats_url(&self.nats), i);
+        wait_ready(&self.http, &tier).await;
+        tier
     }
 
     /// Starts another gpu-worker, with the stack's options, and waits until it is ready; the

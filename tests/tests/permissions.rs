@@ -89,8 +89,33 @@ async fn tiers_are_refused_outside_their_job() {
         .await;
     bulk.subscribe_refused("clothesline.replies.>").await;
 
+    // The results bucket of idempotent requests is the ingress's alone: no other role reads,
+    // writes or watches it, and the ingress may not delete it or purge its keys.
+    for role in [&mut pre, &mut gpu, &mut bulk] {
+        for subject in results_bucket_subjects() {
+            role.publish_refused(&subject).await;
+        }
+    }
+    for subject in [
+        format!("$JS.API.STREAM.DELETE.{RESULTS_STREAM}"),
+        format!("$JS.API.STREAM.PURGE.{RESULTS_STREAM}"),
+        format!("$JS.API.STREAM.UPDATE.{RESULTS_STREAM}"),
+    ] {
+        ingress.publish_refused(&subject).await;
+    }
+
     // Nothing was taken from or added to either queue.
     assert_untouched(&admin).await;
+}
+
+/// What using the results bucket takes: a write, a read, a watch, its stream's info.
+fn results_bucket_subjects() -> [String; 4] {
+    [
+        format!("$KV.{RESULTS_BUCKET}.somekey"),
+        format!("$JS.API.DIRECT.GET.{RESULTS_STREAM}.$KV.{RESULTS_BUCKET}.somekey"),
+        format!("$JS.API.CONSUMER.CREATE.{RESULTS_STREAM}"),
+        format!("$JS.API.STREAM.INFO.{RESULTS_STREAM}"),
+    ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,6 +235,9 @@ async fn public_may_only_call_the_service() {
         .publish_refused(&next_subject(REQUESTS_STREAM, PREPROCESSOR_CONSUMER))
         .await;
     public.publish_refused("$SRV.INFO").await;
+    for subject in results_bucket_subjects() {
+        public.publish_refused(&subject).await;
+    }
     let mut js = public.js();
     js.set_timeout(Duration::from_secs(1));
     assert!(js.get_stream(REQUESTS_STREAM).await.is_err());

@@ -10,7 +10,7 @@ use clothesline_protocol::runtime::{LogArgs, NatsArgs};
 #[derive(Debug, Parser)]
 #[command(
     version,
-    about = "Create or update clothesline's JetStream streams and consumers"
+    about = "Create or update clothesline's JetStream streams, consumers and results bucket"
 )]
 struct Args {
     #[command(flatten)]
@@ -20,9 +20,13 @@ struct Args {
     /// Folder with the definitions (`*.stream.json`, `*.consumer.json`); the built-in ones otherwise.
     #[arg(long, env = "JETSTREAM_DEFINITIONS")]
     definitions: Option<PathBuf>,
-    /// Stream replicas (3 on a clustered NATS).
+    /// Stream and bucket replicas (3 on a clustered NATS).
     #[arg(long, env = "JETSTREAM_REPLICAS", default_value_t = 1)]
     replicas: usize,
+    /// How long the answer to a request with a caller's id (`X-Request-Id`) is kept, in
+    /// seconds: a retry with that id within it gets the same answer without a second inference.
+    #[arg(long, env = "IDEMPOTENCY_WINDOW_SECS", default_value_t = clothesline_protocol::provision::DEFAULT_IDEMPOTENCY_WINDOW.as_secs())]
+    idempotency_window_secs: u64,
     /// Give up after this many seconds without a NATS connection.
     #[arg(long, env = "PROVISION_TIMEOUT_SECS", default_value_t = 60)]
     timeout_secs: u64,
@@ -36,7 +40,8 @@ async fn main() -> anyhow::Result<()> {
         Some(dir) => Topology::from_dir(dir)?,
         None => Topology::builtin(),
     }
-    .with_replicas(args.replicas);
+    .with_replicas(args.replicas)
+    .with_idempotency_window(std::time::Duration::from_secs(args.idempotency_window_secs));
     let work = async {
         let client = args.nats.connect("clothesline-provision").await?;
         let js = async_nats::jetstream::new(client.clone());
@@ -53,6 +58,9 @@ async fn main() -> anyhow::Result<()> {
                 args.timeout_secs
             )
         })??;
-    println!("provisioned streams and consumers on {}", args.nats.url);
+    println!(
+        "provisioned streams, consumers and the results bucket on {}",
+        args.nats.url
+    );
     Ok(())
 }
