@@ -33,6 +33,8 @@ pub struct CallHeaders<'a> {
     pub request_id: Option<&'a str>,
     pub timeout_ms: Option<&'a str>,
     pub traceparent: Option<&'a str>,
+    /// The model version the request is pinned to.
+    pub model_version: Option<&'a str>,
 }
 
 /// One admitted request: holds its in-flight permit until dropped.
@@ -41,6 +43,8 @@ pub struct Call {
     pub request_id: String,
     pub timeout: Duration,
     pub traceparent: Option<String>,
+    /// The model version the caller pinned the request to.
+    pub model_version: Option<String>,
     pub started: Instant,
     /// The request's span; its outcome is recorded on it.
     pub span: tracing::Span,
@@ -75,6 +79,16 @@ impl Call {
                 Duration::from_millis(ms).min(state.max_timeout)
             }
         };
+        let model_version = match h.model_version.map(str::trim) {
+            None | Some("") => None,
+            Some(v) if protocol::models::valid_version(v) => Some(v.to_string()),
+            Some(v) => {
+                return Err(Error::new(
+                    ErrorCode::BadRequest,
+                    format!("model version {v:?} must be 1-64 letters, digits, '.', '_' or '-'"),
+                ));
+            }
+        };
         let permit = state.inflight.clone().try_acquire_owned().map_err(|_| {
             state
                 .metrics
@@ -93,6 +107,7 @@ impl Call {
             request_id,
             timeout,
             traceparent: Some(traceparent),
+            model_version,
             started: Instant::now(),
             span,
             metrics: state.metrics.clone(),
@@ -121,6 +136,7 @@ impl Call {
             payload,
             timeout: self.timeout,
             traceparent: self.traceparent.clone(),
+            model_version: self.model_version.clone(),
         }
     }
 

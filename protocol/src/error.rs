@@ -54,10 +54,12 @@ pub enum ErrorCode {
     UriTooLong,
     /// The request headers are larger or more numerous than the server reads (HTTP only).
     HeadersTooLarge,
+    /// The request is pinned to a model version that is not published.
+    UnknownModelVersion,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         Self::BadRequest,
         Self::InvalidUrl,
         Self::BlockedAddress,
@@ -80,6 +82,7 @@ impl ErrorCode {
         Self::MethodNotAllowed,
         Self::UriTooLong,
         Self::HeadersTooLarge,
+        Self::UnknownModelVersion,
     ];
 
     /// The stable string form, as serialized.
@@ -107,6 +110,7 @@ impl ErrorCode {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::UriTooLong => "uri_too_long",
             Self::HeadersTooLarge => "headers_too_large",
+            Self::UnknownModelVersion => "unknown_model_version",
         }
     }
 
@@ -127,7 +131,7 @@ impl ErrorCode {
             Self::QueueFull | Self::Unavailable => 503,
             Self::DownloadTimeout | Self::DeadlineExceeded => 504,
             Self::BadTensor | Self::InferenceFailed | Self::Internal => 500,
-            Self::NotFound => 404,
+            Self::NotFound | Self::UnknownModelVersion => 404,
             Self::MethodNotAllowed => 405,
             Self::UriTooLong => 414,
             Self::HeadersTooLarge => 431,

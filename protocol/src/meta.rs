@@ -29,6 +29,8 @@ pub struct RequestMeta {
     /// Absolute deadline in ms since the Unix epoch.
     pub deadline_ms: Option<u64>,
     pub traceparent: Option<String>,
+    /// The model version the caller pinned the request to, if any.
+    pub model_version: Option<String>,
 }
 
 impl RequestMeta {
@@ -38,6 +40,7 @@ impl RequestMeta {
             reply_to,
             deadline_ms: timeout.map(|t| now_ms() + t.as_millis() as u64),
             traceparent: None,
+            model_version: None,
         }
     }
 
@@ -56,6 +59,9 @@ impl RequestMeta {
         }
         if let Some(t) = &self.traceparent {
             h.insert(HEADER_TRACEPARENT, t.as_str());
+        }
+        if let Some(v) = &self.model_version {
+            h.insert(HEADER_MODEL_VERSION, v.as_str());
         }
         h
     }
@@ -86,6 +92,7 @@ impl RequestMeta {
             reply_to: get(HEADER_REPLY_TO),
             deadline_ms,
             traceparent: get(HEADER_TRACEPARENT),
+            model_version: get(HEADER_MODEL_VERSION),
         })
     }
 
@@ -119,6 +126,7 @@ mod tests {
             Some(Duration::from_secs(5)),
         );
         m.traceparent = Some("00-abc-def-01".into());
+        m.model_version = Some("2.0.0".into());
         let h = m.to_headers("application/json");
         assert_eq!(h.get(HEADER_NATS_MSG_ID).unwrap().as_str(), m.request_id);
         let back = RequestMeta::from_headers(Some(&h), || unreachable!()).unwrap();

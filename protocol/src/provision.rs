@@ -1,5 +1,5 @@
 //! Idempotent provisioning of the JetStream topology: two work-queue streams, each with one
-//! durable pull consumer. The definitions live in `nats/jetstream/*.json` in the server's own
+//! durable pull consumer, and the (initially empty) model buckets of [`crate::models`]. The definitions live in `nats/jetstream/*.json` in the server's own
 //! JSON format (usable with `nats stream add --config`) and are compiled in as defaults.
 //!
 //! Running [`provision`] twice is harmless: a stream is created or updated to the declared
@@ -184,8 +184,15 @@ impl Topology {
     }
 }
 
-/// Creates or updates both streams and both consumers to the declared config.
+/// Creates the model buckets when missing (first, so a tier that finds its consumer finds them
+/// too), then creates or updates both streams and both consumers to the declared config.
 pub async fn provision(js: &jetstream::Context, topology: &Topology) -> Result<(), ProvisionError> {
+    crate::models::Registry::create(js, topology.requests.num_replicas)
+        .await
+        .map_err(|e| ProvisionError::Stream {
+            name: crate::models::MODELS_BUCKET.into(),
+            source: e.into(),
+        })?;
     for (stream_cfg, consumer_cfg) in [
         (&topology.requests, &topology.preprocessor),
         (&topology.tensors, &topology.gpu_worker),

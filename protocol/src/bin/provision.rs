@@ -1,4 +1,5 @@
-//! `clothesline-provision`: creates or updates the JetStream streams and consumers, then exits.
+//! `clothesline-provision`: creates or updates the JetStream streams and consumers, and creates
+//! the model buckets (see `clothesline-model`) when missing, then exits.
 //! Idempotent; run it before (or after) starting the tiers, e.g. as a one-shot compose service.
 
 use std::path::PathBuf;
@@ -53,6 +54,9 @@ async fn main() -> anyhow::Result<()> {
                 args.timeout_secs
             )
         })??;
-    println!("provisioned streams and consumers on {}", args.nats.url);
+    println!(
+        "provisioned streams, consumers and model buckets on {}",
+        args.nats.url
+    );
     Ok(())
 }
