@@ -136,6 +136,7 @@ pub async fn ack(msg: &Message, meta: &RequestMeta, kind: AckKind) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::messages::ModelRef;
 
     #[test]
     fn error_replies_carry_the_code_header() {
