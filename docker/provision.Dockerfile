@@ -20,7 +20,8 @@ ENTRYPOINT ["/usr/local/bin/clothesline-provision"]
 # The stages up to here need no Rust image: the legacy builder, which builds every stage before
 # the target, stops here.
 FROM runtime AS prebuilt
-COPY target/prebuilt/clothesline-provision target/prebuilt/clothesline-model /usr/local/bin/
+COPY target/prebuilt/clothesline-provision /usr/local/bin/clothesline-provision
+COPY target/prebuilt/clothesline-model /usr/local/bin/clothesline-model
 
 FROM ${RUST_IMAGE} AS chef
 RUN cargo install cargo-chef --locked --version 0.1.78
@@ -37,4 +38,5 @@ COPY . .
 RUN cargo build --release --locked -p clothesline-protocol --bin clothesline-provision --bin clothesline-model
 
 FROM runtime
-COPY --from=builder /src/target/release/clothesline-provision /src/target/release/clothesline-model /usr/local/bin/
+COPY --from=builder /src/target/release/clothesline-provision /usr/local/bin/clothesline-provision
+COPY --from=builder /src/target/release/clothesline-model /usr/local/bin/clothesline-model
