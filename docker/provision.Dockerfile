@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
 # clothesline-provision: creates or updates the JetStream streams and consumers, then exits (a
-# compose one-shot service, a Kubernetes Job). Built from the repository root, one of two ways:
+# compose one-shot service, a Kubernetes Job). Also carries clothesline-model (publish, promote,
+# canary, rollback of model versions: README, "Model versions"), run with --entrypoint or a Job's
+# command. Built from the repository root, one of two ways:
 #   docker build -f docker/provision.Dockerfile -t clothesline/provision .
 #       compiles in Docker (the last stage, cargo-chef); needs the Rust image and crates.io
 #   scripts/build-images.sh with BUILD=host (docker build --target prebuilt)
@@ -19,6 +21,7 @@ ENTRYPOINT ["/usr/local/bin/clothesline-provision"]
 # the target, stops here.
 FROM runtime AS prebuilt
 COPY target/prebuilt/clothesline-provision /usr/local/bin/clothesline-provision
+COPY target/prebuilt/clothesline-model /usr/local/bin/clothesline-model
 
 FROM ${RUST_IMAGE} AS chef
 RUN cargo install cargo-chef --locked --version 0.1.78
@@ -32,7 +35,8 @@ FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
 RUN cargo chef cook --release --locked -p clothesline-protocol --bin clothesline-provision --recipe-path recipe.json
 COPY . .
-RUN cargo build --release --locked -p clothesline-protocol --bin clothesline-provision
+RUN cargo build --release --locked -p clothesline-protocol --bin clothesline-provision --bin clothesline-model
 
 FROM runtime
 COPY --from=builder /src/target/release/clothesline-provision /usr/local/bin/clothesline-provision
+COPY --from=builder /src/target/release/clothesline-model /usr/local/bin/clothesline-model

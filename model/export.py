@@ -15,6 +15,7 @@ eager model on batches of 1, 4 and 7 (max abs diff < 1e-4).
 
 Usage:
   python model/export.py --tiny --out DIR   # DIR/tiny.pt + DIR/manifest.json, untrained
+  python model/export.py --tiny --out DIR --size 160 --version 2   # another input size and version
 The trained model is exported by train.py through `export_model` / `write_manifest`.
 """
 
@@ -156,12 +157,15 @@ def write_manifest(out_dir: str, model_file: str, name: str, version: str = "1.0
     return manifest
 
 
-def export_tiny(out_dir: str, seed: int = 0) -> dict:
+def export_tiny(out_dir: str, seed: int = 0, size: int = 224, version: str = "0.0.0") -> dict:
+    # The input size is a module setting (the example batches and the manifest read it).
+    global HEIGHT, WIDTH
+    HEIGHT = WIDTH = size
     torch.manual_seed(seed)
     wrapper = UInt8Classifier(TinyNet())
     os.makedirs(out_dir, exist_ok=True)
     export_model(wrapper, os.path.join(out_dir, "tiny.pt"))
-    return write_manifest(out_dir, "tiny.pt", name="tiny-test", version="0.0.0",
+    return write_manifest(out_dir, "tiny.pt", name="tiny-test", version=version,
                           validation_accuracy=None, dataset="none (untrained, random init, seed %d)" % seed,
                           trained_at="1970-01-01T00:00:00+00:00")
 
@@ -171,12 +175,14 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="export a tiny untrained test model")
     ap.add_argument("--out", default="/tmp/tiny-model", help="output directory")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--size", type=int, default=HEIGHT, help="input height and width (tiny model)")
+    ap.add_argument("--version", default="0.0.0", help="manifest version (tiny model)")
     args = ap.parse_args(argv)
     if not args.tiny:
         ap.error("only --tiny is supported standalone; the trained model is exported by model/train.py")
     torch.set_num_threads(min(2, torch.get_num_threads()))
     t0 = time.time()
-    manifest = export_tiny(args.out, args.seed)
+    manifest = export_tiny(args.out, args.seed, args.size, args.version)
     print(json.dumps(manifest, indent=2))
     print(f"[export] wrote {args.out}/tiny.pt in {time.time() - t0:.1f}s")
     return 0

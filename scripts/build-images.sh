@@ -69,6 +69,8 @@ case "$BUILD" in
     [ "$HOST_PROFILE" = dev ] && profile_dir=debug
     packages=()
     for tier in "${tiers[@]}"; do packages+=(-p "$(package_of "$tier")" --bin "$(binary_of "$tier")"); done
+    # The provision image also carries clothesline-model (docker/provision.Dockerfile).
+    [[ " ${tiers[*]} " == *" provision "* ]] && packages+=(--bin clothesline-model)
     log "cargo build --locked --profile $HOST_PROFILE ${packages[*]}"
     cargo build --locked --profile "$HOST_PROFILE" "${packages[@]}"
     common+=(--target prebuilt)

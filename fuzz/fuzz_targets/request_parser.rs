@@ -61,8 +61,8 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(e.code, ErrorCode::BadRequest, "{e:?}");
     }
     match RequestPayload::parse(content_type.as_deref(), payload.clone()) {
-        Ok(RequestPayload::Url(url)) => {
-            assert_eq!(as_json.map(|r| r.url).ok(), Some(url));
+        Ok(RequestPayload::Url(request)) => {
+            assert_eq!(as_json.ok(), Some(request));
         }
         Ok(RequestPayload::Image {
             content_type: mime,

@@ -4,6 +4,9 @@
 //! after its batch. A failing batch is retried item by item, so only the poison item fails.
 //! Each pull asks for no more tensors than the gatherer has room for, so on shutdown everything
 //! held but not started can be handed back (nak) to the other workers at once.
+//! Each tensor runs on the engine of its model version ([`crate::serving`]); a tensor of a version
+//! this worker does not serve is handed back with a delay (another worker may serve it, or this
+//! one soon), and answered with its error once its deadline passes or its deliveries run out.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,8 +18,6 @@ use async_nats::jetstream::consumer::pull::Batch;
 use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt;
 use protocol::cancel::CancelSet;
-use protocol::manifest::InputSpec;
-use protocol::messages::ModelRef;
 use protocol::meta::now_ms;
 use protocol::names::*;
 use protocol::reply_to;
@@ -25,20 +26,25 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::engine::{BatchOutput, Engine, EngineError};
+use crate::engine::{BatchOutput, EngineError};
 use crate::gather::{Gatherer, Next};
 use crate::metrics::Metrics;
 use crate::reply::{Responder, ack};
+use crate::serving::{Serving, Version};
 
 /// How long one pull waits on the server for tensors; a stopping worker waits at most this long
 /// for its open pull to end (handing back what arrives meanwhile).
 const PULL_EXPIRES: Duration = Duration::from_secs(1);
+/// How long a tensor of a version this worker does not serve waits before it is redelivered.
+const NOT_SERVED_DELAY: Duration = Duration::from_millis(500);
 
 /// A checked tensor waiting for its batch.
 struct Item {
     msg: Message,
     meta: RequestMeta,
     tensor: TensorMessage,
+    /// The model version that runs it.
+    version: Arc<Version>,
     /// When the tensor entered the stream (ms since the epoch), else when it reached the batcher.
     queued_at_ms: u64,
     /// Its span (see [`crate::trace`]).
@@ -47,12 +53,14 @@ struct Item {
 
 /// What a batch task needs; shared by all of them.
 struct Shared {
-    engine: Engine,
+    serving: Serving,
     responder: Responder,
     metrics: Metrics,
     ack_wait: Duration,
     /// Ids whose callers went away; `None` when cancellations are ignored.
     cancelled: Option<CancelSet>,
+    /// The consumer's `max_deliver` (0 or less: unlimited).
+    max_deliver: i64,
 }
 
 impl Shared {
@@ -65,32 +73,28 @@ impl Shared {
 
 pub struct Batcher {
     shared: Arc<Shared>,
-    model: ModelRef,
-    input: InputSpec,
     gather: Gatherer<Item>,
 }
 
 impl Batcher {
     pub fn new(
-        engine: Engine,
+        serving: Serving,
         responder: Responder,
         metrics: Metrics,
-        model: ModelRef,
-        input: InputSpec,
         max_delay: Duration,
         ack_wait: Duration,
+        max_deliver: i64,
     ) -> Self {
-        let max_batch = engine.info().max_batch;
+        let max_batch = serving.info().max_batch;
         Self {
             shared: Arc::new(Shared {
-                engine,
+                serving,
                 responder,
                 metrics,
                 ack_wait,
                 cancelled: None,
+                max_deliver,
             }),
-            model,
-            input,
             gather: Gatherer::new(max_batch, max_delay),
         }
     }
@@ -123,7 +127,7 @@ impl Batcher {
         // pull, handed back once that pull has ended (so none can come back into it).
         let mut held: Vec<Message> = Vec::new();
         // One batch at a time on each replica.
-        let replicas = self.shared.engine.info().replicas.max(1);
+        let replicas = self.shared.serving.info().replicas.max(1);
         let mut inflight: JoinSet<Result<(), EngineError>> = JoinSet::new();
         let mut draining = false;
         let mut drain_deadline = Instant::now();
@@ -242,15 +246,21 @@ impl Batcher {
             responder.cancel(&msg, &meta).await;
             return;
         }
-        let tensor = match TensorMessage::decode(&msg.payload)
-            .and_then(|t| t.check(&self.model, &self.input).map(|()| t))
-        {
+        let tensor = match TensorMessage::decode(&msg.payload) {
             Ok(t) => t,
             Err(e) => {
                 responder.fail(&msg, &meta, e, AckKind::Term).await;
                 return;
             }
         };
+        let Some(version) = self.shared.serving.get(&tensor.model.version) else {
+            not_served(&self.shared, &msg, &meta, &tensor).await;
+            return;
+        };
+        if let Err(e) = tensor.check(&version.model, &version.input) {
+            responder.fail(&msg, &meta, e, AckKind::Term).await;
+            return;
+        }
         let queued_at_ms = msg
             .info()
             .ok()
@@ -265,6 +275,7 @@ impl Batcher {
             msg,
             meta,
             tensor,
+            version,
             queued_at_ms,
             span: tracing::Span::current(),
         };
@@ -313,22 +324,49 @@ async fn run_batch(shared: Arc<Shared>, batch: Vec<(Item, Instant)>) -> Result<(
         let wait = started_ms.saturating_sub(item.queued_at_ms);
         shared.metrics.queue_wait.observe(wait as f64 / 1e3);
     }
+    // One batch per model version (two are served during a canary or a swap).
+    let mut pending: Vec<(Item, Instant)> = items.into_iter().zip(admitted).collect();
+    while let Some((first, _)) = pending.first() {
+        let version = first.version.clone();
+        let (group, rest): (Vec<_>, Vec<_>) = pending
+            .into_iter()
+            .partition(|(item, _)| Arc::ptr_eq(&item.version, &version));
+        pending = rest;
+        let (group, admitted) = group.into_iter().unzip();
+        if let Err(e) = run_version(&shared, group, admitted, started_ms).await {
+            for (item, _) in &pending {
+                ack(&item.msg, &item.meta, AckKind::Nak(None)).await;
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Runs items of one model version as one batch.
+async fn run_version(
+    shared: &Arc<Shared>,
+    items: Vec<Item>,
+    admitted: Vec<Instant>,
+    started_ms: u64,
+) -> Result<(), EngineError> {
+    let shared = shared.as_ref();
     let model = items[0].tensor.model.clone();
     let spans = items.iter().map(|i| &i.span).zip(admitted);
-    let batch_span = crate::trace::batch_span(shared.engine.info(), &model, spans);
-    match infer(&shared, &items).instrument(batch_span).await {
-        Ok(out) => answer(&shared, &items, out, started_ms).await,
+    let batch_span = crate::trace::batch_span(items[0].version.engine.info(), &model, spans);
+    match infer(shared, &items).instrument(batch_span).await {
+        Ok(out) => answer(shared, &items, out, started_ms).await,
         Err(EngineError::Failed(e)) if items.len() == 1 => {
-            fail_inference(&shared, &items[0], e).await;
+            fail_inference(shared, &items[0], e).await;
         }
         Err(EngineError::Failed(e)) => {
             tracing::warn!(batch = items.len(), error = %e,
                 "batch failed; retrying its items one by one");
             for item in &items {
                 let one = std::slice::from_ref(item);
-                match infer(&shared, one).await {
-                    Ok(out) => answer(&shared, one, out, now_ms()).await,
-                    Err(EngineError::Failed(e)) => fail_inference(&shared, item, e).await,
+                match infer(shared, one).await {
+                    Ok(out) => answer(shared, one, out, now_ms()).await,
+                    Err(EngineError::Failed(e)) => fail_inference(shared, item, e).await,
                     Err(EngineError::Gone) => return Err(give_back(&items).await),
                 }
             }
@@ -347,7 +385,8 @@ async fn infer(shared: &Shared, items: &[Item]) -> Result<BatchOutput, EngineErr
         data.extend_from_slice(&item.tensor.data);
     }
     shared.metrics.batch_size.observe(n as f64);
-    let run = shared.engine.run(data, n);
+    let version = &items[0].version;
+    let run = version.engine.run(data, n);
     tokio::pin!(run);
     let period = (shared.ack_wait / 2).max(Duration::from_millis(100));
     let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -362,6 +401,11 @@ async fn infer(shared: &Shared, items: &[Item]) -> Result<BatchOutput, EngineErr
         }
     };
     shared.metrics.inference.observe(out.elapsed.as_secs_f64());
+    shared
+        .metrics
+        .version_inference
+        .with_label_values(&[version.model.version.as_str()])
+        .observe(out.elapsed.as_secs_f64());
     Ok(out)
 }
 
@@ -375,7 +419,7 @@ async fn answer(shared: &Shared, items: &[Item], out: BatchOutput, started_ms: u
         timings.batch_size = Some(items.len() as u32);
         shared
             .responder
-            .predict(&item.msg, &item.meta, logits, timings)
+            .predict(&item.msg, &item.meta, &item.version, logits, timings)
             .instrument(item.span.clone())
             .await;
     }
@@ -385,10 +429,52 @@ async fn fail_inference(shared: &Shared, item: &Item, error: String) {
     tracing::warn!(request_id = %item.meta.request_id, %error, "inference failed on this item");
     let error = Error::new(ErrorCode::InferenceFailed, error);
     shared
+        .metrics
+        .version_errors
+        .with_label_values(&[item.version.model.version.as_str(), error.code.as_str()])
+        .inc();
+    shared
         .responder
         .fail(&item.msg, &item.meta, error, AckKind::Term)
         .instrument(item.span.clone())
         .await;
+}
+
+/// A tensor of a model version this worker does not serve: handed back with a delay (another
+/// worker may serve it, or this one once the version is loaded), or, on its last delivery,
+/// answered `unavailable` (its deadline, if it has one, is checked before: past it, the tensor is
+/// answered `deadline_exceeded`).
+async fn not_served(shared: &Shared, msg: &Message, meta: &RequestMeta, tensor: &TensorMessage) {
+    let version = tensor.model.version.as_str();
+    shared
+        .metrics
+        .not_served
+        .with_label_values(&[version])
+        .inc();
+    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+    if shared.max_deliver > 0 && delivered >= shared.max_deliver {
+        let error = Error::new(
+            ErrorCode::Unavailable,
+            format!(
+                "no gpu-worker served model {} {version} within {delivered} deliveries",
+                tensor.model.name
+            ),
+        );
+        shared
+            .metrics
+            .version_errors
+            .with_label_values(&[version, error.code.as_str()])
+            .inc();
+        shared.responder.fail(msg, meta, error, AckKind::Term).await;
+        return;
+    }
+    // Redelivered at the deadline at the latest, to be answered then.
+    let delay = meta
+        .remaining()
+        .map_or(NOT_SERVED_DELAY, |r| r.min(NOT_SERVED_DELAY));
+    tracing::debug!(request_id = %meta.request_id, %version, delivered,
+        serving = ?shared.serving.versions(), "model version not served here; handing the tensor back");
+    ack(msg, meta, AckKind::Nak(Some(delay))).await;
 }
 
 /// Gives tensors this worker will not start back to the stream at once (stopping).
@@ -430,5 +516,6 @@ fn lenient_meta(msg: &Message) -> RequestMeta {
         reply_to: get(HEADER_REPLY_TO),
         deadline_ms: None,
         traceparent: get(HEADER_TRACEPARENT),
+        model_version: None,
     }
 }

@@ -111,6 +111,10 @@ pub struct Config {
     /// On shutdown, how long to wait for the batches in flight, in milliseconds.
     #[arg(long, env = "GPU_WORKER_SHUTDOWN_GRACE_MS", default_value_t = 20_000)]
     pub shutdown_grace_ms: u64,
+    /// After a model version is replaced (promote, rollback, canary end), how long it keeps
+    /// answering the tensors already prepared for it, in ms, before it is freed.
+    #[arg(long, env = "GPU_WORKER_MODEL_LINGER_MS", default_value_t = 10_000)]
+    pub model_linger_ms: u64,
     /// Skip tensors whose caller went away (ids published on clothesline.cancel); `false` runs
     /// them anyway, e.g. to measure what cancellation saves.
     #[arg(long, env = "GPU_WORKER_HONOR_CANCELLATIONS", default_value_t = true,

@@ -9,7 +9,7 @@
 //! replicas on two cores ran 1.5x the images of one replica with two threads (BENCHMARKS.md).
 
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,8 @@ use crate::model::Model;
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     pub manifest: Manifest,
+    /// The model file's bytes, when fetched from the model bucket; `None`: the manifest's file.
+    pub model_bytes: Option<Arc<Vec<u8>>>,
     pub device: DeviceChoice,
     /// fp16 on CUDA; ignored on CPU.
     pub half: bool,
@@ -211,9 +213,12 @@ fn resolve_device(choice: DeviceChoice) -> anyhow::Result<Device> {
 
 /// Engine threads start one at a time: `at::set_num_threads` (called by us, and by libtorch on a
 /// thread's first parallel operation) also resets process-wide state (oneDNN's primitive cache,
-/// the pthreadpool), which must not happen while another replica runs. No batch runs before
-/// every replica is ready, so once started they run side by side safely.
-static STARTUP: Mutex<()> = Mutex::new(());
+/// the pthreadpool), which must not happen while another replica runs. A starting replica holds
+/// this lock for writing until its first run is done; every batch holds it for reading. At start
+/// no batch runs yet; during a hot swap (a new model version loading beside the serving one)
+/// batches wait for the new replica's load and first run, then both run side by side (its
+/// warm-up runs under the read lock, beside the serving batches).
+static LIBTORCH_STATE: RwLock<()> = RwLock::new(());
 
 /// On an engine thread: threads, model, warm-up. Replica `index` of `replicas`.
 fn prepare(
@@ -223,13 +228,14 @@ fn prepare(
     threads: usize,
     index: usize,
 ) -> anyhow::Result<(Model, EngineInfo)> {
-    let _startup = STARTUP
-        .lock()
+    let startup = LIBTORCH_STATE
+        .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     // Per thread: OpenMP's thread count is a setting of the calling thread.
     tch::set_num_threads(i32::try_from(threads).unwrap_or(i32::MAX));
     let started = Instant::now();
-    let model = Model::load(&options.manifest, device, options.half)?;
+    let bytes = options.model_bytes.as_deref().map(Vec::as_slice);
+    let model = Model::load_bytes(&options.manifest, bytes, device, options.half)?;
     let max_batch = options.max_batch.unwrap_or(if device.is_cuda() {
         DEFAULT_MAX_BATCH_CUDA
     } else {
@@ -254,6 +260,10 @@ fn prepare(
     model
         .run_batch(&vec![0u8; model.image_len()], 1)
         .context("first run failed")?;
+    drop(startup);
+    let _batch = LIBTORCH_STATE
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let started = Instant::now();
     let mut sizes = vec![1, max_batch];
     sizes.dedup();
@@ -293,6 +303,9 @@ fn serve(model: &Model, jobs: &Jobs) {
             .blocking_recv();
         let Some(job) = job else { break };
         let started = Instant::now();
+        let _batch = LIBTORCH_STATE
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // A panic in a binding must fail the batch, not take the engine down.
         let result =
             std::panic::catch_unwind(AssertUnwindSafe(|| model.run_batch(&job.data, job.n)))
@@ -335,6 +348,7 @@ mod tests {
     ) -> EngineOptions {
         EngineOptions {
             manifest: Manifest::load(dir.path().join("manifest.json")).expect("manifest"),
+            model_bytes: None,
             device,
             half: false,
             replicas,

@@ -4,6 +4,8 @@
 //! - [`config`]: command line and environment ([`Config`]);
 //! - [`model`]: the checked TorchScript model ([`Model`]), usable on its own (tests, benchmarks);
 //! - [`engine`]: the threads that own the model's replicas; the async side sends them batches;
+//! - [`serving`]: the model versions served now, each with its engine; [`rollout`]: follows the
+//!   serving policy in NATS, loading and retiring versions without a restart;
 //! - [`gather`]: the batching policy; [`batcher`]: the pull-batch-answer loop;
 //! - [`reply`]: replies over core NATS and acks; [`metrics`]: Prometheus metrics;
 //! - [`malloc`]: glibc settings that keep the model's freed memory for the next batch;
@@ -23,6 +25,8 @@ pub mod malloc;
 pub mod metrics;
 pub mod model;
 pub mod reply;
+pub mod rollout;
+pub mod serving;
 pub mod testing;
 pub mod trace;
 
@@ -36,6 +40,7 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use protocol::Manifest;
 use protocol::cancel;
+use protocol::models::Registry;
 use protocol::names::{GPU_WORKER_CONSUMER, TENSORS_STREAM};
 use protocol::provision::wait_for_consumer;
 use protocol::runtime::{ReadyCheck, nats_connected, serve_health, token_from};
@@ -48,6 +53,8 @@ use crate::batcher::Batcher;
 use crate::engine::{Engine, EngineOptions};
 use crate::metrics::Metrics;
 use crate::reply::Responder;
+use crate::rollout::Follower;
+use crate::serving::{Serving, Version};
 
 /// Readiness: NATS connected, consumer found and pulled from, model loaded and warmed up, not
 /// shutting down.
@@ -115,24 +122,28 @@ pub async fn run(
     );
 
     // The model loads on its thread while NATS connects.
-    let engine = Engine::start(EngineOptions {
+    let base = EngineOptions {
         manifest: manifest.clone(),
+        model_bytes: None,
         device: config.device,
         half: config.half,
         replicas: config.engines.map(|n| n as usize),
         intra_op_threads: config.intra_op_threads.map(|n| n as usize),
         max_batch: config.max_batch.map(|n| n as usize),
         warmup_batches: config.warmup_batches as usize,
-    });
+    };
+    let engine = Engine::start(base.clone());
     let nats = async {
         let client = config.nats.connect("clothesline-gpu-worker").await?;
         let _ = readiness.client.set(client.clone());
         let js = jetstream::new(client.clone());
         let consumer = wait_for_consumer(&js, TENSORS_STREAM, GPU_WORKER_CONSUMER, &token).await;
-        anyhow::Ok((client, consumer))
+        // Without the model buckets (not provisioned), the shipped model serves, as before.
+        let registry = Registry::open(&js).await;
+        anyhow::Ok((client, consumer, registry))
     };
     // A model that cannot load fails at once, whatever NATS is doing.
-    let ((engine, engine_threads), (client, consumer)) = tokio::select! {
+    let ((engine, engine_threads), (client, consumer, registry)) = tokio::select! {
         both = async { tokio::try_join!(engine, nats) } => both?,
         _ = token.cancelled() => {
             tracing::info!("shut down while starting");
@@ -155,21 +166,35 @@ pub async fn run(
         intra_op_threads = info.intra_op_threads, max_batch = info.max_batch,
         max_batch_delay_ms = max_delay.as_millis() as u64, "ready to serve"
     );
-    let responder = Responder::new(
-        client.clone(),
-        metrics.clone(),
-        manifest.model_ref(),
-        manifest.classes.clone(),
-    );
+    let serving = Serving::new(Version::new(&manifest, engine));
+    metrics.models_loaded.set(1);
+    let follower = match registry {
+        Some(registry) => {
+            let follower = Follower {
+                registry,
+                serving: serving.clone(),
+                base,
+                metrics: metrics.clone(),
+                instance: protocol::meta::new_request_id(),
+                linger: Duration::from_millis(config.model_linger_ms),
+            };
+            Some(tokio::spawn(follower.run(token.clone())))
+        }
+        None => {
+            tracing::info!("no model buckets in NATS: serving the shipped model only");
+            None
+        }
+    };
+    let responder = Responder::new(client.clone(), metrics.clone());
     let ack_wait = consumer.cached_info().config.ack_wait;
+    let max_deliver = consumer.cached_info().config.max_deliver;
     let mut batcher = Batcher::new(
-        engine,
+        serving,
         responder,
         metrics.clone(),
-        manifest.model_ref(),
-        manifest.input.clone(),
         max_delay,
         ack_wait,
+        max_deliver,
     );
     // Listening before the first pull: a cancellation published once the worker is ready is seen.
     let received = metrics.cancellations_received.clone();
@@ -184,6 +209,14 @@ pub async fn run(
         .run(&consumer, &token, &readiness.pulling, grace)
         .await;
     readiness.stopping.store(true, Ordering::Relaxed);
+    // The follower deletes this worker's serving report and drops its hold on the engines.
+    if let Some(follower) = follower
+        && tokio::time::timeout(Duration::from_secs(2), follower)
+            .await
+            .is_err()
+    {
+        tracing::warn!("the model policy follower did not stop within 2 s");
+    }
 
     if let Err(e) = client.flush().await {
         tracing::warn!(error = %e, "cannot flush NATS on shutdown");

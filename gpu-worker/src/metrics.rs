@@ -1,7 +1,7 @@
 //! The gpu-worker's Prometheus metrics, in their own registry (served on `/metrics`).
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     exponential_buckets,
 };
 use protocol::ErrorCode;
@@ -37,6 +37,21 @@ pub struct Metrics {
     pub cancellations_received: IntCounter,
     /// Items terminated unanswered because their reply subject is invalid.
     pub invalid_reply_subjects: IntCounter,
+    /// By model version: items answered with a prediction.
+    pub version_items: IntCounterVec,
+    /// By model version and error code: items that ended in an error.
+    pub version_errors: IntCounterVec,
+    /// By model version: model time per batch.
+    pub version_inference: HistogramVec,
+    /// By model version: tensors handed back (nak with a delay) because this worker does not
+    /// serve their version.
+    pub not_served: IntCounterVec,
+    /// Model versions loaded, warmed up and added while running (hot swaps).
+    pub model_swaps: IntCounter,
+    /// By model version: versions the policy named that could not be fetched, loaded or warmed up.
+    pub model_refused: IntCounterVec,
+    /// Model versions this worker serves now.
+    pub models_loaded: IntGauge,
 }
 
 impl Metrics {
@@ -100,12 +115,70 @@ impl Metrics {
                 "Items terminated unanswered because their Clothesline-Reply-To is invalid.",
             )
             .expect("valid counter"),
+            version_items: IntCounterVec::new(
+                Opts::new(
+                    "gpu_worker_model_items_total",
+                    "Items answered with a prediction, by model version.",
+                ),
+                &["version"],
+            )
+            .expect("valid counter"),
+            version_errors: IntCounterVec::new(
+                Opts::new(
+                    "gpu_worker_model_errors_total",
+                    "Items of a known model version that ended in an error, by version and code.",
+                ),
+                &["version", "code"],
+            )
+            .expect("valid counter"),
+            version_inference: HistogramVec::new(
+                HistogramOpts::new(
+                    "gpu_worker_model_inference_seconds",
+                    "Model time per batch, by model version.",
+                )
+                .buckets(exponential_buckets(0.000_25, 2.0, 16).expect("valid buckets")),
+                &["version"],
+            )
+            .expect("valid histogram"),
+            not_served: IntCounterVec::new(
+                Opts::new(
+                    "gpu_worker_not_served_total",
+                    "Tensors handed back because this worker does not serve their model version.",
+                ),
+                &["version"],
+            )
+            .expect("valid counter"),
+            model_swaps: IntCounter::new(
+                "gpu_worker_model_swaps_total",
+                "Model versions loaded, warmed up and added while running.",
+            )
+            .expect("valid counter"),
+            model_refused: IntCounterVec::new(
+                Opts::new(
+                    "gpu_worker_model_refused_total",
+                    "Model versions that could not be fetched, loaded or warmed up, by version.",
+                ),
+                &["version"],
+            )
+            .expect("valid counter"),
+            models_loaded: IntGauge::new(
+                "gpu_worker_models_loaded",
+                "Model versions this worker serves now.",
+            )
+            .expect("valid gauge"),
             registry,
         };
         for code in ERROR_CODES {
             m.errors.with_label_values(&[code.as_str()]);
         }
-        let collectors: [Box<dyn prometheus::core::Collector>; 10] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
+            Box::new(m.version_items.clone()),
+            Box::new(m.version_errors.clone()),
+            Box::new(m.version_inference.clone()),
+            Box::new(m.not_served.clone()),
+            Box::new(m.model_swaps.clone()),
+            Box::new(m.model_refused.clone()),
+            Box::new(m.models_loaded.clone()),
             Box::new(m.batch_size.clone()),
             Box::new(m.queue_wait.clone()),
             Box::new(m.inference.clone()),
@@ -154,6 +227,8 @@ mod tests {
             "gpu_worker_cancellations_received_total",
             "gpu_worker_invalid_reply_subjects_total",
             "gpu_worker_cuda_memory_bytes",
+            "gpu_worker_model_swaps_total",
+            "gpu_worker_models_loaded",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

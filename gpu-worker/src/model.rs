@@ -36,9 +36,23 @@ impl Model {
     /// Refuses a model file whose sha256 is not the manifest's, and a model that does not take a
     /// `[1, H, W, 3]` uint8 batch to `[1, classes]` logits.
     pub fn load(manifest: &Manifest, device: Device, half: bool) -> anyhow::Result<Self> {
+        Self::load_bytes(manifest, None, device, half)
+    }
+
+    /// [`Model::load`] from `bytes` fetched elsewhere (a version in the model bucket) when given,
+    /// checked against the manifest's sha256 all the same; from the manifest's file otherwise.
+    pub fn load_bytes(
+        manifest: &Manifest,
+        bytes: Option<&[u8]>,
+        device: Device,
+        half: bool,
+    ) -> anyhow::Result<Self> {
         let path = manifest.model_path();
         // The bytes that were checked are the bytes that are loaded.
-        let bytes = manifest.verify_model_file()?;
+        let bytes = match bytes {
+            Some(b) => manifest.verify_model_bytes(b.to_vec())?,
+            None => manifest.verify_model_file()?,
+        };
         let mut module =
             CModule::load_data_on_device(&mut bytes.as_slice(), device).with_context(|| {
                 format!(

@@ -2,32 +2,31 @@
 //! JetStream ack. The ack is sent only after the reply was handed to the connection, on the same
 //! connection, so the server sees the reply first.
 
-use std::sync::Arc;
-
 use async_nats::HeaderMap;
 use async_nats::jetstream::{AckKind, Message};
-use protocol::messages::{ModelRef, Outcome};
+use protocol::messages::Outcome;
 use protocol::names::*;
 use protocol::{Error, ErrorCode, Prediction, Reply, RequestMeta, Timings};
 
 use crate::metrics::Metrics;
+use crate::serving::Version;
 
 /// Publishes replies and acks messages, counting outcomes.
 #[derive(Clone)]
 pub struct Responder {
     client: async_nats::Client,
     metrics: Metrics,
-    model: ModelRef,
-    classes: Arc<Vec<String>>,
 }
 
-/// The headers of a reply: request id, content type, the error code on errors, the trace context.
+/// The headers of a reply: request id, content type, the error code on errors, the model version
+/// on predictions, the trace context.
 pub fn reply_headers(meta: &RequestMeta, reply: &Reply) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(HEADER_REQUEST_ID, meta.request_id.as_str());
     headers.insert(HEADER_CONTENT_TYPE, CONTENT_TYPE_JSON);
-    if let Outcome::Error(e) = &reply.outcome {
-        headers.insert(HEADER_ERROR, e.code.as_str());
+    match &reply.outcome {
+        Outcome::Error(e) => headers.insert(HEADER_ERROR, e.code.as_str()),
+        Outcome::Prediction(p) => headers.insert(HEADER_MODEL_VERSION, p.model.version.as_str()),
     }
     if let Some(t) = &meta.traceparent {
         headers.insert(HEADER_TRACEPARENT, t.as_str());
@@ -36,18 +35,8 @@ pub fn reply_headers(meta: &RequestMeta, reply: &Reply) -> HeaderMap {
 }
 
 impl Responder {
-    pub fn new(
-        client: async_nats::Client,
-        metrics: Metrics,
-        model: ModelRef,
-        classes: Vec<String>,
-    ) -> Self {
-        Self {
-            client,
-            metrics,
-            model,
-            classes: Arc::new(classes),
-        }
+    pub fn new(client: async_nats::Client, metrics: Metrics) -> Self {
+        Self { client, metrics }
     }
 
     /// Publishes `reply` to the request's reply subject, if it has one; `false` if that failed.
@@ -70,24 +59,29 @@ impl Responder {
         }
     }
 
-    /// Answers with the prediction and acks. If the reply cannot be published the message is
-    /// nak'ed, to be answered again later.
+    /// Answers with `version`'s prediction and acks. If the reply cannot be published the
+    /// message is nak'ed, to be answered again later.
     pub async fn predict(
         &self,
         msg: &Message,
         meta: &RequestMeta,
+        version: &Version,
         logits: Vec<f32>,
         timings: Timings,
     ) {
         let prediction = Prediction {
-            model: self.model.clone(),
-            classes: self.classes.as_ref().clone(),
+            model: version.model.clone(),
+            classes: version.classes.as_ref().clone(),
             logits,
             timings,
         };
         let reply = Reply::prediction(meta.request_id.clone(), prediction);
         if self.publish(meta, &reply).await {
             self.metrics.items.inc();
+            self.metrics
+                .version_items
+                .with_label_values(&[version.model.version.as_str()])
+                .inc();
             ack(msg, meta, AckKind::Ack).await;
         } else {
             ack(msg, meta, AckKind::Nak(None)).await;
@@ -142,6 +136,7 @@ pub async fn ack(msg: &Message, meta: &RequestMeta, kind: AckKind) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::messages::ModelRef;
 
     #[test]
     fn error_replies_carry_the_code_header() {
@@ -169,6 +164,7 @@ mod tests {
             Some(CONTENT_TYPE_JSON)
         );
         assert!(h.get(HEADER_ERROR).is_none());
+        assert_eq!(h.get(HEADER_MODEL_VERSION).map(|v| v.as_str()), Some("1"));
         assert_eq!(
             h.get(HEADER_TRACEPARENT).map(|v| v.as_str()),
             Some("00-a-b-01")

@@ -216,7 +216,9 @@ async fn serves_predictions_and_errors_and_stops_cleanly() {
         Outcome::Error(e) => e.code,
         Outcome::Prediction(p) => panic!("expected an error for {id}, got {p:?}"),
     };
-    assert_eq!(error_code(&wrong_model.request_id), ErrorCode::BadTensor);
+    // A version this worker does not serve is handed back (another worker may serve it), and
+    // answered `unavailable` on its last delivery.
+    assert_eq!(error_code(&wrong_model.request_id), ErrorCode::Unavailable);
     assert_eq!(error_code(&garbage.request_id), ErrorCode::BadTensor);
     assert_eq!(error_code(&wrong_shape.request_id), ErrorCode::BadTensor);
     assert_eq!(error_code(&short_data.request_id), ErrorCode::BadTensor);
@@ -253,7 +255,8 @@ async fn serves_predictions_and_errors_and_stops_cleanly() {
     for line in [
         "gpu_worker_items_total 7",
         "gpu_worker_expired_total 1",
-        r#"gpu_worker_errors_total{code="bad_tensor"} 4"#,
+        r#"gpu_worker_errors_total{code="bad_tensor"} 3"#,
+        r#"gpu_worker_not_served_total{version="9"} 5"#,
         r#"gpu_worker_errors_total{code="deadline_exceeded"} 1"#,
         "gpu_worker_batch_size_count",
     ] {

@@ -29,6 +29,8 @@ use crate::server::SlowClientCut;
 pub const HEADER_TIMEOUT_MS: &str = "x-request-timeout-ms";
 /// Request id header, accepted from the caller (if sane) and always returned.
 pub const HEADER_REQUEST_ID: &str = "x-request-id";
+/// Pins a request to a model version; on `/predict` answers, the version that served it.
+pub const HEADER_MODEL_VERSION: &str = "x-model-version";
 
 /// The OpenAPI 3.1 document of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -156,6 +158,7 @@ fn call_headers(headers: &HeaderMap) -> CallHeaders<'_> {
         request_id: get(HEADER_REQUEST_ID),
         timeout_ms: get(HEADER_TIMEOUT_MS),
         traceparent: get("traceparent"),
+        model_version: get(HEADER_MODEL_VERSION),
     }
 }
 
@@ -212,8 +215,8 @@ async fn body_bytes(request: Request) -> Result<Bytes, AppError> {
 }
 
 /// The JSON payload queued for a URL request.
-pub fn url_payload(url: String) -> Bytes {
-    serde_json::to_vec(&ClassifyRequest { url })
+pub fn url_payload(request: &ClassifyRequest) -> Bytes {
+    serde_json::to_vec(request)
         .map(Bytes::from)
         .unwrap_or_default()
 }
@@ -227,18 +230,23 @@ async fn predict(State(state): State<AppState>, request: Request) -> Response {
     handle(&state, "/predict", &headers, |call| async {
         let result = async {
             let body = read_within(&state, &call, cut, body_bytes(request)).await?;
-            let url = ClassifyRequest::from_json(&body)?.url;
+            let url_request = ClassifyRequest::from_json(&body)?;
             let prediction = state
                 .backend
-                .submit(call.job(CONTENT_TYPE_JSON, url_payload(url)))
+                .submit(call.job(CONTENT_TYPE_JSON, url_payload(&url_request)))
                 .await?;
+            let version = HeaderValue::from_str(&prediction.model.version).ok();
             let scores: BTreeMap<&str, f32> = prediction
                 .classes
                 .iter()
                 .map(String::as_str)
                 .zip(prediction.logits.iter().copied())
                 .collect();
-            Ok(Json(scores).into_response())
+            let mut response = Json(scores).into_response();
+            if let Some(v) = version {
+                response.headers_mut().insert(HEADER_MODEL_VERSION, v);
+            }
+            Ok(response)
         }
         .await;
         (call, result)
@@ -303,7 +311,7 @@ async fn classify_payload(request: Request) -> Result<(String, Bytes), AppError>
             let body = body_bytes(request).await?;
             Ok((
                 CONTENT_TYPE_JSON.to_string(),
-                url_payload(ClassifyRequest::from_json(&body)?.url),
+                url_payload(&ClassifyRequest::from_json(&body)?),
             ))
         }
         m if m.starts_with("image/") || m == "application/octet-stream" => {
@@ -385,7 +393,7 @@ async fn classify_batch(
                 // Echoed without its credentials, if it has any.
                 let shown = protocol::redact::redact_urls(&url).into_owned();
                 async move {
-                    let outcome = backend.submit(item.job(CONTENT_TYPE_JSON, url_payload(url.clone()))).await;
+                    let outcome = backend.submit(item.job(CONTENT_TYPE_JSON, url_payload(&ClassifyRequest { url: url.clone(), model_version: item.model_version.clone() }))).await;
                     let total_ms = item.started.elapsed().as_secs_f64() * 1e3;
                     match outcome {
                         Ok(p) => {

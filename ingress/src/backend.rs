@@ -29,6 +29,8 @@ pub struct Job {
     pub payload: Bytes,
     pub timeout: Duration,
     pub traceparent: Option<String>,
+    /// The model version the caller pinned the request to.
+    pub model_version: Option<String>,
 }
 
 pub trait Backend: Send + Sync + 'static {
@@ -83,6 +85,7 @@ impl NatsBackend {
         let mut meta = RequestMeta::new(Some(waiter.reply_to.clone()), Some(job.timeout));
         meta.request_id = job.request_id;
         meta.traceparent = job.traceparent;
+        meta.model_version = job.model_version;
         let publish_span =
             crate::trace::publish_span(INGRESS_REQUESTS_SUBJECT, &mut meta.traceparent);
         let mut headers = meta.to_headers(&job.content_type);

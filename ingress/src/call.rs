@@ -33,12 +33,15 @@ pub struct CallHeaders<'a> {
     pub request_id: Option<&'a str>,
     pub timeout_ms: Option<&'a str>,
     pub traceparent: Option<&'a str>,
+    /// The model version the request is pinned to.
+    pub model_version: Option<&'a str>,
 }
 
-/// A request's id and whether the caller chose it.
+/// A request's id, whether the caller chose it, and the model version it is pinned to.
 struct Named {
     id: String,
     caller_id: bool,
+    model_version: Option<String>,
 }
 
 /// One admitted request: holds its in-flight permit until dropped.
@@ -49,6 +52,8 @@ pub struct Call {
     pub caller_id: bool,
     pub timeout: Duration,
     pub traceparent: Option<String>,
+    /// The model version the caller pinned the request to.
+    pub model_version: Option<String>,
     pub started: Instant,
     /// The request's span; its outcome is recorded on it.
     pub span: tracing::Span,
@@ -68,10 +73,12 @@ impl Call {
             Some(id) => Named {
                 id: id.to_string(),
                 caller_id: true,
+                model_version: None,
             },
             None => Named {
                 id: protocol::meta::new_request_id(),
                 caller_id: false,
+                model_version: None,
             },
         };
         let timeout = match h.timeout_ms {
@@ -93,16 +100,28 @@ impl Call {
                 Duration::from_millis(ms).min(state.max_timeout)
             }
         };
-        Self::admit(state, route, id, timeout, h.traceparent)
+        let model_version = match h.model_version.map(str::trim) {
+            None | Some("") => None,
+            Some(v) if protocol::models::valid_version(v) => Some(v.to_string()),
+            Some(v) => {
+                return Err(Error::new(
+                    ErrorCode::BadRequest,
+                    format!("model version {v:?} must be 1-64 letters, digits, '.', '_' or '-'"),
+                ));
+            }
+        };
+        let named = Named { model_version, ..id };
+        Self::admit(state, route, named, timeout, h.traceparent)
     }
 
     /// Admits the `index`th part of this request (a batch item): its id derived from this one's
     /// ([`protocol::meta::derived_request_id`], idempotent when this one's is the caller's), the
-    /// same deadline, a span under this request's.
+    /// same deadline and model version, a span under this request's.
     pub fn item(&self, state: &AppState, route: &'static str, index: usize) -> Result<Self, Error> {
         let id = Named {
             id: protocol::meta::derived_request_id(&self.request_id, index),
             caller_id: self.caller_id,
+            model_version: self.model_version.clone(),
         };
         Self::admit(state, route, id, self.timeout, self.traceparent.as_deref())
     }
@@ -133,6 +152,7 @@ impl Call {
             caller_id: named.caller_id,
             timeout,
             traceparent: Some(traceparent),
+            model_version: named.model_version,
             started: Instant::now(),
             span,
             metrics: state.metrics.clone(),
@@ -162,6 +182,7 @@ impl Call {
             payload,
             timeout: self.timeout,
             traceparent: self.traceparent.clone(),
+            model_version: self.model_version.clone(),
         }
     }
 

@@ -63,6 +63,7 @@ async fn answer(state: &AppState, msg: &async_nats::Message) -> (bytes::Bytes, H
         request_id: get(HEADER_REQUEST_ID),
         timeout_ms: get(HEADER_TIMEOUT_MS),
         traceparent: get(HEADER_TRACEPARENT),
+        model_version: get(HEADER_MODEL_VERSION),
     };
     let route = "nats:classify";
     let call = match Call::begin(state, route, h) {
@@ -78,7 +79,7 @@ async fn answer(state: &AppState, msg: &async_nats::Message) -> (bytes::Bytes, H
     let outcome = async {
         let payload = RequestPayload::parse(get(HEADER_CONTENT_TYPE), msg.payload.clone())?;
         let job = match payload {
-            RequestPayload::Url(url) => call.job(CONTENT_TYPE_JSON, url_payload(url)),
+            RequestPayload::Url(request) => call.job(CONTENT_TYPE_JSON, url_payload(&request)),
             RequestPayload::Image {
                 content_type,
                 bytes,
@@ -100,6 +101,7 @@ async fn answer(state: &AppState, msg: &async_nats::Message) -> (bytes::Bytes, H
             let mut headers = HeaderMap::new();
             headers.insert(HEADER_REQUEST_ID, call.request_id.as_str());
             headers.insert(HEADER_CONTENT_TYPE, CONTENT_TYPE_JSON);
+            headers.insert(HEADER_MODEL_VERSION, c.model.version.as_str());
             (serde_json::to_vec(&c).unwrap_or_default().into(), headers)
         }
         Err(e) => {

@@ -5,6 +5,7 @@
 //! - [`imaging`]: bytes -> tensor, the same as `model/preprocess.py` ([`preprocess_image`]);
 //! - [`net`]: safe, bounded downloads ([`Downloader`]) and the address policy;
 //! - [`pipeline`]: a request's payload -> [`protocol::TensorMessage`], without NATS;
+//! - [`router`]: which model version each request is prepared for (pin, canary, policy);
 //! - [`settle`]: one request message end to end: publish, ack, retry or reply with the error;
 //! - [`trace`]: the spans of a request through this tier;
 //! - [`worker`]: the main loop ([`run`]) with backpressure and graceful shutdown;
@@ -15,6 +16,7 @@ pub mod imaging;
 pub mod metrics;
 pub mod net;
 pub mod pipeline;
+pub mod router;
 pub mod settle;
 pub mod trace;
 pub mod worker;

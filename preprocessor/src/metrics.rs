@@ -29,6 +29,8 @@ pub struct Metrics {
     pub cancellations_received: IntCounter,
     /// Requests terminated unanswered because their reply subject is invalid.
     pub invalid_reply_subjects: IntCounter,
+    /// Requests routed to each model version (tensors prepared for it, or about to be).
+    pub model_requests: IntCounterVec,
 }
 
 impl Metrics {
@@ -80,6 +82,14 @@ impl Metrics {
             "preprocessor_invalid_reply_subjects_total",
             "Requests terminated unanswered because their Clothesline-Reply-To is invalid.",
         )?;
+        let model_requests = IntCounterVec::new(
+            Opts::new(
+                "preprocessor_model_requests_total",
+                "Requests routed to each model version.",
+            ),
+            &["version"],
+        )?;
+        registry.register(Box::new(model_requests.clone()))?;
         registry.register(Box::new(invalid_reply_subjects.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(errors.clone()))?;
@@ -108,6 +118,7 @@ impl Metrics {
             inflight,
             cancellations_received,
             invalid_reply_subjects,
+            model_requests,
         })
     }
 

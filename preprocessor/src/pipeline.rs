@@ -19,13 +19,13 @@ use tokio::sync::Semaphore;
 use crate::imaging::{ImageSpec, Preprocessed, preprocess_image_timed};
 use crate::metrics::Metrics;
 use crate::net::Downloader;
+use crate::router::Target;
 
-/// Turns request payloads into tensors for one model. Cheap to clone.
+/// Turns request payloads into tensors for a model version (by default the one given to
+/// [`Pipeline::new`]). Cheap to clone.
 #[derive(Clone)]
 pub struct Pipeline {
-    model: ModelRef,
-    input: InputSpec,
-    spec: ImageSpec,
+    target: Target,
     downloader: Downloader,
     cpu: Arc<Semaphore>,
     metrics: Metrics,
@@ -66,6 +66,8 @@ pub struct Fetched {
     pub image: Bytes,
     /// Time spent downloading it (none when the request carried the image).
     pub download_ms: Option<f64>,
+    /// The model version its JSON body pinned it to, if any.
+    pub model_version: Option<String>,
 }
 
 impl Pipeline {
@@ -79,9 +81,7 @@ impl Pipeline {
         metrics: Metrics,
     ) -> Self {
         Self {
-            model,
-            input,
-            spec,
+            target: Target { model, input, spec },
             downloader,
             cpu: Arc::new(Semaphore::new(cpu_threads.max(1))),
             metrics,
@@ -89,7 +89,7 @@ impl Pipeline {
     }
 
     pub fn spec(&self) -> &ImageSpec {
-        &self.spec
+        &self.target.spec
     }
 
     /// The tensor for one request: [`Pipeline::fetch`] then [`Pipeline::finish`], never
@@ -120,9 +120,13 @@ impl Pipeline {
         payload: Bytes,
     ) -> Result<Fetched, Error> {
         check_deadline(meta, "before preprocessing")?;
-        let (image, download_ms) = match RequestPayload::parse(content_type, payload)? {
-            RequestPayload::Image { bytes, .. } => (bytes, None),
-            RequestPayload::Url(url) => {
+        let (image, download_ms, model_version) = match RequestPayload::parse(
+            content_type,
+            payload,
+        )? {
+            RequestPayload::Image { bytes, .. } => (bytes, None, None),
+            RequestPayload::Url(request) => {
+                let url = request.url;
                 let downloaded = self.downloader.download(&url, meta.remaining()).await?;
                 self.metrics
                     .download_seconds
@@ -135,23 +139,44 @@ impl Pipeline {
                     bytes = downloaded.bytes.len(), redirects = downloaded.redirects,
                     "downloaded"
                 );
-                (downloaded.bytes, Some(millis(downloaded.elapsed)))
+                (
+                    downloaded.bytes,
+                    Some(millis(downloaded.elapsed)),
+                    request.model_version,
+                )
             }
         };
         check_deadline(meta, "after downloading")?;
-        Ok(Fetched { image, download_ms })
+        Ok(Fetched {
+            image,
+            download_ms,
+            model_version,
+        })
     }
 
-    /// Decodes and resizes a fetched image into the tensor message; `None` when `gate` says the
-    /// caller gave up before the decode's turn came.
+    /// Decodes and resizes a fetched image into the tensor message for the default model;
+    /// `None` when `gate` says the caller gave up before the decode's turn came.
     pub async fn finish(
         &self,
         fetched: Fetched,
         arrival: Arrival,
         gate: Gate<'_>,
     ) -> Result<Option<TensorMessage>, Error> {
-        let Fetched { image, download_ms } = fetched;
-        let Some(pre) = self.preprocess(image, gate).await? else {
+        self.finish_for(fetched, arrival, gate, &self.target).await
+    }
+
+    /// [`Pipeline::finish`] for the model version `target`.
+    pub async fn finish_for(
+        &self,
+        fetched: Fetched,
+        arrival: Arrival,
+        gate: Gate<'_>,
+        target: &Target,
+    ) -> Result<Option<TensorMessage>, Error> {
+        let Fetched {
+            image, download_ms, ..
+        } = fetched;
+        let Some(pre) = self.preprocess_for(image, gate, &target.spec).await? else {
             return Ok(None);
         };
         crate::trace::decode_and_resize(pre.decode, pre.resize);
@@ -168,8 +193,8 @@ impl Pipeline {
             ..Timings::default()
         };
         Ok(Some(TensorMessage::new(
-            self.model.clone(),
-            &self.input,
+            target.model.clone(),
+            &target.input,
             pre.data,
             arrival.received_at_ms,
             timings,
@@ -183,6 +208,15 @@ impl Pipeline {
         bytes: Bytes,
         gate: Gate<'_>,
     ) -> Result<Option<Preprocessed>, Error> {
+        self.preprocess_for(bytes, gate, &self.target.spec).await
+    }
+
+    async fn preprocess_for(
+        &self,
+        bytes: Bytes,
+        gate: Gate<'_>,
+        spec: &ImageSpec,
+    ) -> Result<Option<Preprocessed>, Error> {
         let permit =
             self.cpu.clone().acquire_owned().await.map_err(|_| {
                 Error::new(ErrorCode::Unavailable, "the preprocessor is shutting down")
@@ -190,7 +224,7 @@ impl Pipeline {
         if !gate.still_wanted()? {
             return Ok(None);
         }
-        let spec = self.spec.clone();
+        let spec = spec.clone();
         tokio::task::spawn_blocking(move || {
             // Held until the work is done, even if the awaiting task is cancelled.
             let _permit = permit;

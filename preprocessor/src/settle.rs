@@ -19,6 +19,7 @@ use tracing::Instrument as _;
 
 use crate::metrics::{Metrics, outcome};
 use crate::pipeline::{Arrival, Gate, Pipeline};
+use crate::router::Router;
 
 /// How long a tensor publish is retried in place (a stream electing a leader takes seconds); past
 /// it, or past the request's deadline if sooner, the request goes back to the queue.
@@ -36,6 +37,8 @@ pub struct Settler {
     pub max_deliver: i64,
     /// Ids whose callers went away; `None` when cancellations are ignored.
     pub cancelled: Option<CancelSet>,
+    /// Which model version each request is prepared for.
+    pub router: Router,
 }
 
 /// How a request that did not fail ended.
@@ -144,6 +147,7 @@ fn read_meta(headers: Option<&HeaderMap>, sequence: u64) -> (RequestMeta, Option
                         reply_to: None,
                         deadline_ms: None,
                         traceparent: None,
+                        model_version: None,
                     }
                 });
             (meta, Some(error))
@@ -223,12 +227,21 @@ impl Settler {
         if self.is_cancelled(meta) {
             return Ok(Done::Cancelled("before decoding"));
         }
+        let pin = meta
+            .model_version
+            .as_deref()
+            .or(fetched.model_version.as_deref());
+        let target = self.router.route(&meta.request_id, pin).await?;
+        self.metrics
+            .model_requests
+            .with_label_values(&[target.model.version.as_str()])
+            .inc();
         let cancelled = || self.is_cancelled(meta);
         let gate = Gate {
             meta,
             cancelled: &cancelled,
         };
-        let Some(tensor) = pipeline.finish(fetched, arrival, gate).await? else {
+        let Some(tensor) = pipeline.finish_for(fetched, arrival, gate, &target).await? else {
             return Ok(Done::Cancelled("while waiting to be decoded"));
         };
         self.publish_tensor(meta, &tensor, msg_id).await?;

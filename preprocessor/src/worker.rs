@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::net::Downloader;
 use crate::pipeline::Pipeline;
+use crate::router::{Router, Target};
 use crate::settle::Settler;
 
 /// How long one pull waits on the server for messages; a stopping preprocessor waits at most this
@@ -116,8 +117,16 @@ pub async fn run(
     let cancels = cancel::subscribe_if(config.honor_cancellations, &client, received)
         .await
         .context("cannot subscribe to cancellations")?;
+    // Without the model buckets (not provisioned), the shipped model serves, as before.
+    let registry = protocol::models::Registry::open(&js).await;
+    if registry.is_none() {
+        tracing::info!("no model buckets in NATS: every request gets the shipped model");
+    }
+    let router = Router::new(Target::new(&manifest, pipeline.spec()), registry);
+    let follower = tokio::spawn(router.clone().follow(token.clone()));
     readiness.consumer_found.store(true, Ordering::Relaxed);
     let settler = Settler {
+        router,
         js,
         client: client.clone(),
         metrics: metrics.clone(),
@@ -130,6 +139,7 @@ pub async fn run(
     consume(&consumer, &config, &pipeline, &settler, &token, &mut tasks).await;
 
     readiness.stopping.store(true, Ordering::Relaxed);
+    follower.abort();
     drain(&mut tasks, config.shutdown_grace()).await;
     if let Err(e) = client.flush().await {
         tracing::warn!(error = %e, "cannot flush NATS on shutdown");

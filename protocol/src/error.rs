@@ -56,10 +56,12 @@ pub enum ErrorCode {
     HeadersTooLarge,
     /// The request id was used within the idempotency window for a request with another body.
     IdConflict,
+    /// The request is pinned to a model version that is not published.
+    UnknownModelVersion,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         Self::BadRequest,
         Self::InvalidUrl,
         Self::BlockedAddress,
@@ -83,6 +85,7 @@ impl ErrorCode {
         Self::UriTooLong,
         Self::HeadersTooLarge,
         Self::IdConflict,
+        Self::UnknownModelVersion,
     ];
 
     /// The stable string form, as serialized.
@@ -111,6 +114,7 @@ impl ErrorCode {
             Self::UriTooLong => "uri_too_long",
             Self::HeadersTooLarge => "headers_too_large",
             Self::IdConflict => "id_conflict",
+            Self::UnknownModelVersion => "unknown_model_version",
         }
     }
 
@@ -131,7 +135,7 @@ impl ErrorCode {
             Self::QueueFull | Self::Unavailable => 503,
             Self::DownloadTimeout | Self::DeadlineExceeded => 504,
             Self::BadTensor | Self::InferenceFailed | Self::Internal => 500,
-            Self::NotFound => 404,
+            Self::NotFound | Self::UnknownModelVersion => 404,
             Self::MethodNotAllowed => 405,
             Self::UriTooLong => 414,
             Self::HeadersTooLarge => 431,

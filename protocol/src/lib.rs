@@ -7,6 +7,7 @@
 //! - [`error`]: one error type with stable codes and its HTTP status mapping;
 //! - [`manifest`]: the model manifest every tier reads;
 //! - [`provision`]: idempotent creation of the JetStream streams and consumers;
+//! - [`models`]: model versions in an Object Store bucket, the serving policy in KV;
 //! - [`meta`]: the per-request metadata carried in NATS headers;
 //! - [`publish`]: a JetStream publish retried through a leader election or a reconnect;
 //! - [`reply_to`]: reply subjects: validation, and an ingress's per-request subjects;
@@ -19,6 +20,7 @@ pub mod error;
 pub mod manifest;
 pub mod messages;
 pub mod meta;
+pub mod models;
 pub mod names;
 pub mod provision;
 pub mod publish;

@@ -91,12 +91,21 @@ impl Manifest {
             path: path.into(),
             source,
         })?;
-        let mut m: Manifest =
-            serde_json::from_slice(&text).map_err(|source| ManifestError::Parse {
-                path: path.into(),
-                source,
-            })?;
+        let mut m = Self::parse(&text, path)?;
         m.dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(m)
+    }
+
+    /// Parses and validates a manifest that is not in a file (a version in the model bucket).
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ManifestError> {
+        Self::parse(bytes, Path::new("(stored manifest)"))
+    }
+
+    fn parse(bytes: &[u8], path: &Path) -> Result<Self, ManifestError> {
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|source| ManifestError::Parse {
+            path: path.into(),
+            source,
+        })?;
         m.validate().map_err(|reason| ManifestError::Invalid {
             path: path.into(),
             reason,
@@ -105,6 +114,15 @@ impl Manifest {
     }
 
     fn validate(&self) -> Result<(), String> {
+        let v = &self.version;
+        if !crate::models::valid_version(v) {
+            return Err(format!(
+                "version {v:?} must be 1-64 letters, digits, '.', '_' or '-'"
+            ));
+        }
+        if self.classes.iter().any(|c| c.trim().is_empty()) {
+            return Err("a class name is empty".into());
+        }
         let i = &self.input;
         if i.layout != "NHWC" || i.dtype != "uint8" || i.channels != 3 {
             return Err(format!(
@@ -157,6 +175,12 @@ impl Manifest {
             path: path.clone(),
             source,
         })?;
+        self.verify_model_bytes(bytes)
+    }
+
+    /// Checks model bytes (read from a file or fetched) against the manifest's sha256.
+    pub fn verify_model_bytes(&self, bytes: Vec<u8>) -> Result<Vec<u8>, ManifestError> {
+        let path = self.model_path();
         let actual = sha256_hex(&bytes);
         if !actual.eq_ignore_ascii_case(&self.sha256) {
             return Err(ManifestError::Checksum {

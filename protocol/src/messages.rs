@@ -17,6 +17,9 @@ pub const TENSOR_FORMAT_VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClassifyRequest {
     pub url: String,
+    /// Pins the request to a model version (else the serving policy chooses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_version: Option<String>,
 }
 
 impl ClassifyRequest {
@@ -36,9 +39,22 @@ impl ClassifyRequest {
                 "expected a JSON object {\"url\": \"...\"}",
             )
         })?;
+        let model_version = match object.get("model_version") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(v)) => Some(v.clone()),
+            Some(_) => {
+                return Err(Error::new(
+                    ErrorCode::BadRequest,
+                    "field \"model_version\" must be a string",
+                ));
+            }
+        };
         match object.get("url") {
             None => Err(Error::new(ErrorCode::BadRequest, "missing field \"url\"")),
-            Some(serde_json::Value::String(url)) => Ok(Self { url: url.clone() }),
+            Some(serde_json::Value::String(url)) => Ok(Self {
+                url: url.clone(),
+                model_version,
+            }),
             Some(_) => Err(Error::new(
                 ErrorCode::BadRequest,
                 "field \"url\" must be a string",
@@ -50,8 +66,8 @@ impl ClassifyRequest {
 /// What a request message carries, decided by its content type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequestPayload {
-    /// Download the image from this URL.
-    Url(String),
+    /// Download the image from this URL (the request may pin a model version).
+    Url(ClassifyRequest),
     /// The image itself.
     Image {
         content_type: String,
@@ -73,7 +89,7 @@ impl RequestPayload {
             })
             .unwrap_or_default();
         match mime.as_str() {
-            "" | "application/json" => Ok(Self::Url(ClassifyRequest::from_json(&payload)?.url)),
+            "" | "application/json" => Ok(Self::Url(ClassifyRequest::from_json(&payload)?)),
             m if m.starts_with("image/") || m == "application/octet-stream" => {
                 if payload.is_empty() {
                     return Err(Error::new(ErrorCode::NotAnImage, "empty image body"));
@@ -352,12 +368,22 @@ mod tests {
         let json = bytes::Bytes::from_static(br#"{"url":"http://h/x.png"}"#);
         assert_eq!(
             RequestPayload::parse(None, json.clone()).unwrap(),
-            RequestPayload::Url("http://h/x.png".into())
+            RequestPayload::Url(ClassifyRequest {
+                url: "http://h/x.png".into(),
+                model_version: None
+            })
         );
         assert_eq!(
             RequestPayload::parse(Some("application/json; charset=utf-8"), json).unwrap(),
-            RequestPayload::Url("http://h/x.png".into())
+            RequestPayload::Url(ClassifyRequest {
+                url: "http://h/x.png".into(),
+                model_version: None
+            })
         );
+        let pinned = ClassifyRequest::from_json(br#"{"url":"u","model_version":"2"}"#).unwrap();
+        assert_eq!(pinned.model_version.as_deref(), Some("2"));
+        let bad = ClassifyRequest::from_json(br#"{"url":"u","model_version":2}"#).unwrap_err();
+        assert_eq!(bad.code, ErrorCode::BadRequest);
         let img = RequestPayload::parse(Some("image/JPEG"), bytes::Bytes::from_static(b"\xff\xd8"))
             .unwrap();
         assert!(

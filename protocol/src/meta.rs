@@ -58,6 +58,8 @@ pub struct RequestMeta {
     /// Absolute deadline in ms since the Unix epoch.
     pub deadline_ms: Option<u64>,
     pub traceparent: Option<String>,
+    /// The model version the caller pinned the request to, if any.
+    pub model_version: Option<String>,
 }
 
 impl RequestMeta {
@@ -67,6 +69,7 @@ impl RequestMeta {
             reply_to,
             deadline_ms: timeout.map(|t| now_ms() + t.as_millis() as u64),
             traceparent: None,
+            model_version: None,
         }
     }
 
@@ -85,6 +88,9 @@ impl RequestMeta {
         }
         if let Some(t) = &self.traceparent {
             h.insert(HEADER_TRACEPARENT, t.as_str());
+        }
+        if let Some(v) = &self.model_version {
+            h.insert(HEADER_MODEL_VERSION, v.as_str());
         }
         h
     }
@@ -115,6 +121,7 @@ impl RequestMeta {
             reply_to: get(HEADER_REPLY_TO),
             deadline_ms,
             traceparent: get(HEADER_TRACEPARENT),
+            model_version: get(HEADER_MODEL_VERSION),
         })
     }
 
@@ -162,6 +169,7 @@ mod tests {
             Some(Duration::from_secs(5)),
         );
         m.traceparent = Some("00-abc-def-01".into());
+        m.model_version = Some("2.0.0".into());
         let h = m.to_headers("application/json");
         assert_eq!(h.get(HEADER_NATS_MSG_ID).unwrap().as_str(), m.request_id);
         let back = RequestMeta::from_headers(Some(&h), || unreachable!()).unwrap();

@@ -55,6 +55,8 @@ pub const HEADER_TRACEPARENT: &str = "traceparent";
 pub const HEADER_CONTENT_TYPE: &str = "Content-Type";
 /// On replies that carry an error: its stable code (see [`crate::ErrorCode`]).
 pub const HEADER_ERROR: &str = "Clothesline-Error";
+/// The model version a request is pinned to (on requests), or that served it (on replies).
+pub const HEADER_MODEL_VERSION: &str = "Clothesline-Model-Version";
 /// JetStream's de-duplication header.
 pub const HEADER_NATS_MSG_ID: &str = "Nats-Msg-Id";
 

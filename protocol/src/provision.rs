@@ -1,8 +1,9 @@
 //! Idempotent provisioning of the JetStream topology: two work-queue streams, each with one
-//! durable pull consumer, and the key-value bucket of idempotent requests
-//! ([`RESULTS_BUCKET`], its max age the idempotency window). The stream and consumer definitions
-//! live in `nats/jetstream/*.json` in the server's own JSON format (usable with
-//! `nats stream add --config`) and are compiled in as defaults; the bucket is declared here.
+//! durable pull consumer, the key-value bucket of idempotent requests ([`RESULTS_BUCKET`], its max
+//! age the idempotency window), and the (initially empty) model buckets of [`crate::models`]. The
+//! stream and consumer definitions live in `nats/jetstream/*.json` in the server's own JSON format
+//! (usable with `nats stream add --config`) and are compiled in as defaults; the buckets are
+//! declared in code.
 //!
 //! Running [`provision`] twice is harmless: a stream or the bucket is created or updated to the
 //! declared config, a consumer is created or updated (only fields the server allows to change).
@@ -219,8 +220,16 @@ impl Topology {
     }
 }
 
-/// Creates or updates both streams, both consumers and the bucket to the declared config.
+/// Creates the model buckets when missing (first, so a tier that finds its consumer finds them
+/// too), then creates or updates both streams, both consumers and the results bucket to the
+/// declared config.
 pub async fn provision(js: &jetstream::Context, topology: &Topology) -> Result<(), ProvisionError> {
+    crate::models::Registry::create(js, topology.requests.num_replicas)
+        .await
+        .map_err(|e| ProvisionError::Stream {
+            name: crate::models::MODELS_BUCKET.into(),
+            source: e.into(),
+        })?;
     provision_queues(js, topology).await?;
     js.create_or_update_key_value(topology.results.clone())
         .await

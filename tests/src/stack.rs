@@ -83,6 +83,11 @@ impl Tier {
         std::fs::read_to_string(log.path()).ok()
     }
 
+    /// Its process id (e.g. to read its memory from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -89,6 +89,7 @@ async fn poison_reply_subjects_are_terminated_counted_and_never_published_to() {
             reply_to: Some(subject.clone()),
             deadline_ms: None,
             traceparent: None,
+            model_version: None,
         };
         publish_tensor(&js, &meta, vec![0; pixels]).await;
     }

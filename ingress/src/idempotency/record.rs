@@ -21,10 +21,17 @@ pub fn key(request_id: &str) -> String {
 
 /// The hex SHA-256 of what a request asks: its content type and payload. Two requests with one id
 /// and the same hash are the same piece of work.
-pub fn body_hash(content_type: &str, payload: &[u8]) -> String {
+pub fn body_hash(content_type: &str, payload: &[u8], model_version: Option<&str>) -> String {
     let mut h = Sha256::new();
     h.update(content_type.as_bytes());
     h.update([0u8]);
+    // A pin (`X-Model-Version`) is part of what the request asks for: the same image pinned to
+    // another version is another piece of work. Unpinned requests hash as before.
+    if let Some(v) = model_version {
+        h.update(b"model_version\0");
+        h.update(v.as_bytes());
+        h.update([0u8]);
+    }
     h.update(payload);
     hex(&h.finalize())
 }
@@ -176,12 +183,24 @@ mod tests {
         assert_eq!(k.len(), 64);
         assert!(k.bytes().all(|b| b.is_ascii_hexdigit()));
         assert_ne!(key("a"), key("b"));
-        assert_ne!(body_hash("image/png", b"x"), body_hash("image/jpeg", b"x"));
+        assert_ne!(
+            body_hash("image/png", b"x", None),
+            body_hash("image/jpeg", b"x", None)
+        );
+    }
+
+    #[test]
+    fn a_pin_to_another_model_version_is_another_body() {
+        let unpinned = body_hash("image/png", b"x", None);
+        let v1 = body_hash("image/png", b"x", Some("1.0.0"));
+        assert_ne!(unpinned, v1);
+        assert_ne!(v1, body_hash("image/png", b"x", Some("2.0.0")));
+        assert_eq!(v1, body_hash("image/png", b"x", Some("1.0.0")));
     }
 
     #[test]
     fn entries_read_as_free_conflict_done_or_pending() {
-        let body = body_hash("application/json", b"{}");
+        let body = body_hash("application/json", b"{}", None);
         assert_eq!(read_found(None, &body, 0).unwrap(), Seen::Free(0));
         assert_eq!(read(None, &body, 0).unwrap(), Seen::Free(7));
         let pending = Record {

@@ -1,4 +1,5 @@
-//! `clothesline-provision`: creates or updates the JetStream streams and consumers, then exits.
+//! `clothesline-provision`: creates or updates the JetStream streams and consumers, and creates
+//! the model buckets (see `clothesline-model`) when missing, then exits.
 //! Idempotent; run it before (or after) starting the tiers, e.g. as a one-shot compose service.
 
 use std::path::PathBuf;
@@ -59,7 +60,7 @@ async fn main() -> anyhow::Result<()> {
             )
         })??;
     println!(
-        "provisioned streams, consumers and the results bucket on {}",
+        "provisioned streams, consumers, the results bucket and the model buckets on {}",
         args.nats.url
     );
     Ok(())
