@@ -108,6 +108,8 @@ pub async fn serve(
     }
     tracing::info!("HTTP server and NATS service drained; closing NATS");
     routing.abort();
-    client.drain().await.ok();
+    // Bounded: with the server gone, the client's command queue can be full and never drain.
+    let last_steps = tokio::time::Instant::now() + protocol::runtime::LAST_STEPS;
+    protocol::runtime::bounded(last_steps, "drain NATS", client.drain()).await;
     Ok(())
 }

@@ -1,6 +1,9 @@
 //! Faults, with real processes and a real nats-server (file storage):
 //! - a preprocessor SIGKILLed while it holds requests mid-download: another one answers each of
 //!   them once, within the callers' deadlines;
+//! - a preprocessor SIGTERMed while it holds requests mid-download that outlast its grace period:
+//!   it hands them back (nak) as the grace ends, so another one answers them without waiting out
+//!   the ack wait;
 //! - nats-server SIGKILLed and started again while requests are queued: the tiers report not
 //!   ready while it is gone and ready once it is back, by themselves, and the queued requests
 //!   are answered;
@@ -125,6 +128,57 @@ async fn a_preprocessor_killed_mid_download_loses_no_request() {
     assert!(
         info.delivered.consumer_sequence >= 2 * REQUESTS as u64,
         "each request was delivered again: {:?}",
+        info.delivered
+    );
+    assert_eq!(unmatched_replies(&stack).await, 0.0, "no reply twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preprocessor_whose_grace_ends_mid_download_hands_its_requests_back() {
+    const REQUESTS: usize = 4;
+    let mut stack = Stack::start(StackOptions {
+        preprocessor_args: vec!["--shutdown-grace-ms".into(), "1000".into()],
+        ..StackOptions::default()
+    })
+    .await;
+    let origin = Origin::start(paths::validation_image("shorts")).await;
+    let js = jetstream::new(stack.nats.client().await);
+    // An ack wait far beyond the callers' deadlines: a request the stopping preprocessor left
+    // to it would come back too late for its caller, and for this test.
+    let mut topology = Topology::builtin();
+    topology.preprocessor.ack_wait = Duration::from_secs(600);
+    provision(&js, &topology).await.unwrap();
+
+    let calls: Vec<_> = (0..REQUESTS)
+        .map(|i| classify(&stack, origin.url(&format!("/gated/{i}.jpg")), 60_000))
+        .collect();
+    for _ in 0..REQUESTS {
+        origin.arrival().await;
+    }
+    let info = consumer_info(&js, REQUESTS_STREAM, PREPROCESSOR_CONSUMER).await;
+    assert_eq!(info.num_ack_pending, REQUESTS, "all held by preprocessor-0");
+    // Its downloads hang past its 1 s grace.
+    let exit = stack.preprocessors[0]
+        .terminate(Duration::from_secs(10))
+        .await;
+    assert!(exit.success(), "preprocessor-0 exited {exit}");
+
+    stack.add_preprocessor().await;
+    for i in 0..REQUESTS {
+        let again = tokio::time::timeout(Duration::from_secs(45), origin.arrival()).await;
+        assert!(
+            again.is_ok(),
+            "only {i} of {REQUESTS} requests came back before the ack wait"
+        );
+    }
+    origin.release();
+    all_predictions(calls).await;
+
+    let info = settled(&js, REQUESTS_STREAM, PREPROCESSOR_CONSUMER).await;
+    assert_eq!(
+        info.delivered.consumer_sequence,
+        2 * REQUESTS as u64,
+        "each request delivered twice: {:?}",
         info.delivered
     );
     assert_eq!(unmatched_replies(&stack).await, 0.0, "no reply twice");
