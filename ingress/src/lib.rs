@@ -14,6 +14,7 @@ pub mod canned;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod micro;
 pub mod replies;
 pub mod server;
 pub mod service;
