@@ -215,6 +215,10 @@ impl Batcher {
                 // The batches running, or a pull the server does not end (gone away), outlast the
                 // grace period: hand back everything, then go.
                 _ = tokio::time::sleep_until(grace.work_ends()), if draining => {
+                    // The last pull goes first: its inbox unsubscribed before any nak, the server
+                    // cannot redeliver a handed-back tensor into it (a pull opened while the last
+                    // batch ran is still open when a short grace ends).
+                    drop(pull.take());
                     let running = inflight.len();
                     self.shared.abandon.cancel();
                     let handed_back = async {
