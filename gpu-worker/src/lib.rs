@@ -190,11 +190,15 @@ pub async fn run(
     if let Some(Err(e)) = bounded(grace.ends(), "flush NATS", client.flush()).await {
         tracing::warn!(error = %e, "cannot flush NATS on shutdown");
     }
-    // The batcher held the last engine handle: each thread ends after its batch.
-    if result.is_ok() {
-        match tokio::task::spawn_blocking(move || engine_threads.join()).await {
-            Ok(Ok(())) => {}
-            _ => tracing::error!("an engine thread panicked"),
+    // The batcher held the last engine handle: each thread ends after its batch. Waited for
+    // until the grace's end also when batches were abandoned: leaving while libtorch still runs
+    // one can crash (SIGSEGV) in its static destructors. A plain thread joins them, so a batch
+    // that outlasts the bound does not hold the runtime's shutdown.
+    if result.is_ok() || token.is_cancelled() {
+        let (done, joined) = tokio::sync::oneshot::channel();
+        let _joiner = std::thread::spawn(move || done.send(engine_threads.join()));
+        if let Some(Ok(Err(_))) = bounded(grace.ends(), "engine threads", joined).await {
+            tracing::error!("an engine thread panicked");
         }
     }
     tracing::info!("gpu-worker stopped");
