@@ -3,7 +3,8 @@
 //! goes on collecting the next one (at most one batch waits). Each item is answered and acked
 //! after its batch. A failing batch is retried item by item, so only the poison item fails.
 //! Each pull asks for no more tensors than the gatherer has room for, so on shutdown everything
-//! held but not started can be handed back (nak) to the other workers at once.
+//! held but not started can be handed back (nak) to the other workers at once; so are the items
+//! of batches still running when the grace period ends.
 //! Each tensor runs on the engine of its model version ([`crate::serving`]); a tensor of a version
 //! this worker does not serve is handed back with a delay (another worker may serve it, or this
 //! one soon), and answered with its error once its deadline passes or its deliveries run out.
@@ -21,6 +22,7 @@ use protocol::cancel::CancelSet;
 use protocol::meta::now_ms;
 use protocol::names::*;
 use protocol::reply_to;
+use protocol::runtime::{Grace, bounded};
 use protocol::{Error, ErrorCode, RequestMeta, TensorMessage};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -61,6 +63,8 @@ struct Shared {
     cancelled: Option<CancelSet>,
     /// The consumer's `max_deliver` (0 or less: unlimited).
     max_deliver: i64,
+    /// Cancelled when the grace period is over: each batch still running hands its items back.
+    abandon: CancellationToken,
 }
 
 impl Shared {
@@ -94,6 +98,7 @@ impl Batcher {
                 ack_wait,
                 cancelled: None,
                 max_deliver,
+                abandon: CancellationToken::new(),
             }),
             gather: Gatherer::new(max_batch, max_delay),
         }
@@ -111,15 +116,16 @@ impl Batcher {
     /// Runs until `shutdown`; then stops pulling, hands back (nak, no delay) what it holds but
     /// has not started and what still arrives for its open pull, once that pull has ended (at
     /// most [`PULL_EXPIRES`]; earlier, a tensor could be redelivered into it and bounce), so other
-    /// workers take them, and returns once the batches running are answered (at most `grace`
-    /// later).
-    /// `pulling` tells readiness whether the pull works. An error means the engine is gone.
+    /// workers take them, and returns once the batches running are answered. When `grace`'s work
+    /// ends first, the batches still running hand their items back, within its last steps.
+    /// `pulling` tells readiness whether the pull works. An error means the engine is gone, or
+    /// batches were still running at the end of the grace period.
     pub async fn run(
         mut self,
         consumer: &PullConsumer,
         shutdown: &CancellationToken,
         pulling: &AtomicBool,
-        grace: Duration,
+        grace: &Grace,
     ) -> anyhow::Result<()> {
         // The open pull, for at most as many tensors as the gatherer has room for.
         let mut pull: Option<Batch> = None;
@@ -130,7 +136,6 @@ impl Batcher {
         let replicas = self.shared.serving.info().replicas.max(1);
         let mut inflight: JoinSet<Result<(), EngineError>> = JoinSet::new();
         let mut draining = false;
-        let mut drain_deadline = Instant::now();
         let mut restart_delay = Duration::from_millis(100);
         let mut restart_at = Instant::now();
         loop {
@@ -138,14 +143,14 @@ impl Batcher {
             let wake = match self.gather.next(inflight.len() < replicas, draining, now) {
                 Next::Dispatch(n) => {
                     let batch = self.gather.take(n);
-                    inflight.spawn(run_batch(self.shared.clone(), batch));
+                    inflight.spawn(run_batch_or_hand_back(self.shared.clone(), batch));
                     continue;
                 }
                 Next::WaitUntil(t) => Some(t),
                 Next::Idle => None,
             };
             if draining && pull.is_none() && !held.is_empty() {
-                hand_back(&held).await;
+                bounded(grace.ends(), "hand back tensors", hand_back(&held)).await;
                 held.clear();
             }
             if draining && inflight.is_empty() && self.gather.is_empty() && pull.is_none() {
@@ -181,7 +186,6 @@ impl Batcher {
                         "stopping: no more pulls; handing back what has not started, \
                          finishing the batches running");
                     draining = true;
-                    drain_deadline = Instant::now() + grace;
                     held.extend(self.gather.take_all().into_iter().map(|(item, _)| item.msg));
                 }
                 Some(done) = inflight.join_next(), if !inflight.is_empty() => {
@@ -191,6 +195,7 @@ impl Batcher {
                             // The other batches running finish (or are redelivered) on their own.
                             inflight.detach_all();
                             self.abandon().await;
+                            hand_back(&held).await;
                             bail!("{e}");
                         }
                         Err(e) => tracing::error!(error = %e,
@@ -211,10 +216,26 @@ impl Batcher {
                 },
                 _ = tokio::time::sleep_until(wake.unwrap_or(far).into()), if wake.is_some() => {}
                 _ = tokio::time::sleep_until(restart.unwrap_or(far).into()), if restart.is_some() => {}
-                _ = tokio::time::sleep_until(drain_deadline.into()), if draining => {
-                    inflight.detach_all();
-                    hand_back(&held).await;
-                    bail!("shutdown grace period over with a batch still running");
+                // The batches running, or a pull the server does not end (gone away), outlast the
+                // grace period: hand back everything, then go.
+                _ = tokio::time::sleep_until(grace.work_ends()), if draining => {
+                    // The last pull goes first: its inbox unsubscribed before any nak, the server
+                    // cannot redeliver a handed-back tensor into it (a pull opened while the last
+                    // batch ran is still open when a short grace ends).
+                    drop(pull.take());
+                    let running = inflight.len();
+                    self.shared.abandon.cancel();
+                    let handed_back = async {
+                        hand_back(&held).await;
+                        while inflight.join_next().await.is_some() {}
+                    };
+                    bounded(grace.ends(), "hand back tensors", handed_back).await;
+                    if running > 0 {
+                        bail!("shutdown grace period over with {running} batch(es) running; \
+                               their tensors were handed back");
+                    }
+                    tracing::warn!("stopping: the last pull did not end within the grace period");
+                    return Ok(());
                 }
             }
         }
@@ -287,6 +308,23 @@ impl Batcher {
         for (item, _) in self.gather.take_all() {
             tracing::debug!(request_id = %item.meta.request_id, "giving the item back");
             ack(&item.msg, &item.meta, AckKind::Nak(None)).await;
+        }
+    }
+}
+
+/// [`run_batch`], unless the grace period ends first: then the batch's items are handed back (nak,
+/// no delay) for another worker (those already answered are acked, and their nak ignored).
+async fn run_batch_or_hand_back(
+    shared: Arc<Shared>,
+    batch: Vec<(Item, Instant)>,
+) -> Result<(), EngineError> {
+    let msgs: Vec<Message> = batch.iter().map(|(item, _)| item.msg.clone()).collect();
+    let abandon = shared.abandon.clone();
+    tokio::select! {
+        done = run_batch(shared, batch) => done,
+        () = abandon.cancelled() => {
+            hand_back(&msgs).await;
+            Ok(())
         }
     }
 }

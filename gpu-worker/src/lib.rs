@@ -14,7 +14,8 @@
 //!
 //! [`run`] ties them together: health server first, then the model (loaded and warmed up on the
 //! engine threads) and NATS side by side, ready when all three are; on shutdown it stops pulling,
-//! hands back the tensors it holds but has not started, finishes the batches running and returns.
+//! hands back the tensors it holds but has not started, finishes the batches running within the
+//! grace period (handing back those still running then) and returns, whatever NATS does.
 
 pub mod batcher;
 pub mod config;
@@ -43,7 +44,7 @@ use protocol::cancel;
 use protocol::models::Registry;
 use protocol::names::{GPU_WORKER_CONSUMER, TENSORS_STREAM};
 use protocol::provision::wait_for_consumer;
-use protocol::runtime::{ReadyCheck, nats_connected, serve_health, token_from};
+use protocol::runtime::{Grace, ReadyCheck, bounded, nats_connected, serve_health, token_from};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, DeviceChoice};
@@ -95,6 +96,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let token = token_from(shutdown);
+    let grace = Grace::on_cancel(&token, Duration::from_millis(config.shutdown_grace_ms));
     let manifest = Manifest::load(&config.manifest)?;
     let metrics = Metrics::new();
 
@@ -204,9 +206,8 @@ pub async fn run(
     if let Some((set, _listener)) = &cancels {
         batcher = batcher.with_cancellations(set.clone());
     }
-    let grace = Duration::from_millis(config.shutdown_grace_ms);
     let result = batcher
-        .run(&consumer, &token, &readiness.pulling, grace)
+        .run(&consumer, &token, &readiness.pulling, &grace)
         .await;
     readiness.stopping.store(true, Ordering::Relaxed);
     // The follower deletes this worker's serving report and drops its hold on the engines.
@@ -218,14 +219,19 @@ pub async fn run(
         tracing::warn!("the model policy follower did not stop within 2 s");
     }
 
-    if let Err(e) = client.flush().await {
+    // Bounded: a flush waits for a server that may be gone (then it would never end).
+    if let Some(Err(e)) = bounded(grace.ends(), "flush NATS", client.flush()).await {
         tracing::warn!(error = %e, "cannot flush NATS on shutdown");
     }
-    // The batcher held the last engine handle: each thread ends after its batch.
-    if result.is_ok() {
-        match tokio::task::spawn_blocking(move || engine_threads.join()).await {
-            Ok(Ok(())) => {}
-            _ => tracing::error!("an engine thread panicked"),
+    // The batcher held the last engine handle: each thread ends after its batch. Waited for
+    // until the grace's end also when batches were abandoned: leaving while libtorch still runs
+    // one can crash (SIGSEGV) in its static destructors. A plain thread joins them, so a batch
+    // that outlasts the bound does not hold the runtime's shutdown.
+    if result.is_ok() || token.is_cancelled() {
+        let (done, joined) = tokio::sync::oneshot::channel();
+        let _joiner = std::thread::spawn(move || done.send(engine_threads.join()));
+        if let Some(Ok(Err(_))) = bounded(grace.ends(), "engine threads", joined).await {
+            tracing::error!("an engine thread panicked");
         }
     }
     tracing::info!("gpu-worker stopped");

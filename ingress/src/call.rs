@@ -110,7 +110,10 @@ impl Call {
                 ));
             }
         };
-        let named = Named { model_version, ..id };
+        let named = Named {
+            model_version,
+            ..id
+        };
         Self::admit(state, route, named, timeout, h.traceparent)
     }
 
@@ -246,26 +249,67 @@ pub struct TimingsOut {
 }
 
 impl Classification {
+    /// The answer for a prediction. Classes and probabilities are paired, never indexed: a
+    /// prediction with more logits than classes (which [`protocol::Reply::decode`] already turns
+    /// into an `internal` error) cannot make this panic.
     pub fn new(request_id: &str, p: Prediction, top_k: usize, total_ms: f64) -> Self {
         let probs = p.probabilities();
-        let mut ranked: Vec<(usize, f32)> = probs.iter().copied().enumerate().collect();
+        let mut ranked: Vec<(&String, f32)> = p.classes.iter().zip(probs).collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let top = ranked
+            .iter()
+            .take(top_k)
+            .map(|&(label, probability)| Label {
+                label: label.clone(),
+                probability,
+            })
+            .collect();
+        let scores = ranked
+            .into_iter()
+            .map(|(label, probability)| (label.clone(), probability))
+            .collect();
         Self {
             request_id: request_id.to_string(),
-            top: ranked
-                .iter()
-                .take(top_k)
-                .map(|&(i, probability)| Label {
-                    label: p.classes[i].clone(),
-                    probability,
-                })
-                .collect(),
-            scores: p.classes.iter().cloned().zip(probs).collect(),
+            top,
+            scores,
             model: p.model,
             timings: TimingsOut {
                 tiers: p.timings,
                 total_ms,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prediction(classes: &[&str], logits: &[f32]) -> Prediction {
+        Prediction {
+            model: ModelRef {
+                name: "m".into(),
+                version: "1".into(),
+            },
+            classes: classes.iter().map(|c| c.to_string()).collect(),
+            logits: logits.to_vec(),
+            timings: Timings::default(),
+        }
+    }
+
+    #[test]
+    fn labels_are_ranked_by_probability() {
+        let c = Classification::new("r", prediction(&["a", "b", "c"], &[1.0, 3.0, 2.0]), 2, 1.0);
+        let top: Vec<&str> = c.top.iter().map(|l| l.label.as_str()).collect();
+        assert_eq!(top, ["b", "c"]);
+        assert_eq!(c.scores.len(), 3);
+    }
+
+    #[test]
+    fn more_logits_than_classes_never_panics() {
+        // Reply::decode refuses such a prediction; this answer must not panic on one either.
+        let c = Classification::new("r", prediction(&["a", "b"], &[1.0, 3.0, 9.0]), 3, 1.0);
+        assert!(c.top.iter().all(|l| l.label == "a" || l.label == "b"));
+        assert_eq!(c.scores.len(), 2);
     }
 }

@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod idempotency;
 pub mod metrics;
+pub mod micro;
 pub mod replies;
 pub mod server;
 pub mod service;
@@ -117,6 +118,8 @@ pub async fn serve(
     }
     tracing::info!("HTTP server and NATS service drained; closing NATS");
     routing.abort();
-    client.drain().await.ok();
+    // Bounded: with the server gone, the client's command queue can be full and never drain.
+    let last_steps = tokio::time::Instant::now() + protocol::runtime::LAST_STEPS;
+    protocol::runtime::bounded(last_steps, "drain NATS", client.drain()).await;
     Ok(())
 }

@@ -1,11 +1,14 @@
 //! The NATS API: request-reply on `clothesline.classify`, registered with the NATS services API
-//! (so `nats micro ls|info|stats` list it), answered by the ingress with the same JSON as
-//! `POST /v1/classify`. The body is `{"url": ...}` (JSON) or the image itself with an `image/*`
-//! `Content-Type` header. Errors come back as `{"error": {"code", "message"}}` with the
-//! `Clothesline-Error` header and the services API's `Nats-Service-Error(-Code)` headers.
+//! (so `nats micro ls|info|stats` list it, [`crate::micro`]), answered by the ingress with the
+//! same JSON as `POST /v1/classify`. The body is `{"url": ...}` (JSON) or the image itself with
+//! an `image/*` `Content-Type` header. Errors come back as `{"error": {"code", "message"}}` with
+//! the `Clothesline-Error` header and the services API's `Nats-Service-Error(-Code)` headers, and
+//! count in the service's `num_errors`.
+
+use std::time::Instant;
 
 use async_nats::HeaderMap;
-use async_nats::service::ServiceExt;
+use async_nats::service::{NATS_SERVICE_ERROR, NATS_SERVICE_ERROR_CODE};
 use futures::StreamExt;
 use protocol::Error;
 use protocol::messages::RequestPayload;
@@ -14,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::url_payload;
 use crate::call::{AppState, Call, CallHeaders, Classification};
+use crate::micro;
 
 /// Registers the service and answers requests until `shutdown`; each request runs on its own
 /// task, bounded by the ingress's in-flight limit (beyond it: `overloaded` at once).
@@ -23,31 +27,36 @@ pub async fn serve(
     state: AppState,
     shutdown: CancellationToken,
 ) -> Result<(), async_nats::Error> {
-    let service = client
-        .service_builder()
-        .description("Classifies clothes images: {\"url\"} or image bytes in, class scores out")
-        .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
-        .await?;
-    let mut endpoint = service
-        .endpoint_builder()
-        .name("classify")
-        .add(subject.clone())
-        .await?;
+    let spec = micro::Spec {
+        name: SERVICE_NAME.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        description: "Classifies clothes images: {\"url\"} or image bytes in, class scores out"
+            .into(),
+        endpoint: "classify".into(),
+        subject: subject.clone(),
+    };
+    let (service, mut requests) = micro::Service::start(&client, spec).await?;
     tracing::info!(%subject, "NATS service listening");
     loop {
-        let request = tokio::select! {
-            r = endpoint.next() => match r { Some(r) => r, None => break },
+        let msg = tokio::select! {
+            r = requests.next() => match r { Some(m) => m, None => break },
             _ = shutdown.cancelled() => break,
         };
-        let state = state.clone();
+        let Some(reply) = msg.reply.clone() else {
+            tracing::debug!(%subject, "a service request without a reply subject; ignored");
+            continue;
+        };
+        let (state, client, endpoint) = (state.clone(), client.clone(), service.endpoint());
         tokio::spawn(async move {
-            let (body, headers) = answer(&state, &request.message).await;
-            if let Err(e) = request.respond_with_headers(Ok(body), headers).await {
+            let issued = Instant::now();
+            let (body, headers) = answer(&state, &msg).await;
+            endpoint.record(issued.elapsed(), &headers);
+            if let Err(e) = client.publish_with_headers(reply, headers, body).await {
                 tracing::warn!(error = %e, "could not answer a service request");
             }
         });
     }
-    service.stop().await.ok();
+    drop(service);
     Ok(())
 }
 
@@ -127,8 +136,8 @@ fn error_answer(request_id: Option<&str>, e: &Error) -> (bytes::Bytes, HeaderMap
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    headers.insert("Nats-Service-Error", message);
-    headers.insert("Nats-Service-Error-Code", e.code.http_status().to_string());
+    headers.insert(NATS_SERVICE_ERROR, message);
+    headers.insert(NATS_SERVICE_ERROR_CODE, e.code.http_status().to_string());
     (
         serde_json::to_vec(&e.to_json_body())
             .unwrap_or_default()

@@ -2,7 +2,9 @@
 //! the durable consumer, then pull requests and handle up to `concurrency` at once. A message is
 //! pulled only once a slot is free: that is the backpressure. On shutdown, stop pulling, hand
 //! back (nak, no delay) what arrives for the last pull, and let the requests in flight finish
-//! (bounded by the grace period): scale-in loses no request to the ack wait.
+//! within the grace period; those still running then are handed back too: scale-in loses no
+//! request to the ack wait. Every wait on NATS while stopping is bounded ([`Grace`]), so the
+//! process exits in time whatever NATS does.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,9 +18,10 @@ use protocol::Manifest;
 use protocol::cancel;
 use protocol::names::{PREPROCESSOR_CONSUMER, REQUESTS_STREAM};
 use protocol::provision::wait_for_consumer;
-use protocol::runtime::{ReadyCheck, nats_connected, serve_health, token_from};
+use protocol::runtime::{Grace, ReadyCheck, bounded, nats_connected, serve_health, token_from};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -68,6 +71,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let token = token_from(shutdown);
+    let grace = Grace::on_cancel(&token, config.shutdown_grace());
     let manifest = Manifest::load(&config.manifest)?;
     let metrics = Metrics::new().context("metrics")?;
     let downloader = Downloader::new(config.download_policy()).context("HTTP client")?;
@@ -135,33 +139,49 @@ pub async fn run(
         cancelled: cancels.as_ref().map(|(set, _)| set.clone()),
     };
 
-    let mut tasks = JoinSet::new();
-    consume(&consumer, &config, &pipeline, &settler, &token, &mut tasks).await;
+    let mut in_flight = InFlight::default();
+    let source = Source {
+        consumer: &consumer,
+        token: &token,
+        grace: &grace,
+    };
+    consume(&source, &config, &pipeline, &settler, &mut in_flight).await;
 
     readiness.stopping.store(true, Ordering::Relaxed);
     follower.abort();
-    drain(&mut tasks, config.shutdown_grace()).await;
-    if let Err(e) = client.flush().await {
+    in_flight.drain(&grace).await;
+    if let Some(Err(e)) = bounded(grace.ends(), "flush NATS", client.flush()).await {
         tracing::warn!(error = %e, "cannot flush NATS on shutdown");
     }
     tracing::info!("preprocessor stopped");
     Ok(())
 }
 
+/// Where requests come from, and when to stop taking them.
+struct Source<'a> {
+    consumer: &'a PullConsumer,
+    token: &'a CancellationToken,
+    grace: &'a Grace,
+}
+
 /// Pulls and dispatches messages until `token` is cancelled. Each pull asks for as many messages
 /// as there are free slots, so every message that arrives can start at once; what arrives for
 /// the open pull after `token` is cancelled is handed back (nak, no delay) to the other
-/// preprocessors once that pull has ended (at most [`PULL_EXPIRES`]), instead of waiting out the
-/// ack wait here. Handed back earlier, a message could be redelivered into the same pull and
-/// bounce, spending its deliveries.
+/// preprocessors once that pull has ended (at most [`PULL_EXPIRES`], or the end of the grace
+/// period when the server does not end it), instead of waiting out the ack wait here. Handed back
+/// earlier, a message could be redelivered into the same pull and bounce, spending its deliveries.
 async fn consume(
-    consumer: &PullConsumer,
+    source: &Source<'_>,
     config: &Config,
     pipeline: &Pipeline,
     settler: &Settler,
-    token: &CancellationToken,
-    tasks: &mut JoinSet<()>,
+    in_flight: &mut InFlight,
 ) {
+    let Source {
+        consumer,
+        token,
+        grace,
+    } = *source;
     let slots = Arc::new(Semaphore::new(config.concurrency as usize));
     let mut restart_delay = Duration::from_millis(100);
     while !token.is_cancelled() {
@@ -176,9 +196,7 @@ async fn consume(
         while let Ok(p) = slots.clone().try_acquire_owned() {
             permits.push(p);
         }
-        while let Some(done) = tasks.try_join_next() {
-            log_panic(done);
-        }
+        in_flight.reap();
         let pulled = consumer
             .batch()
             .max_messages(permits.len())
@@ -204,12 +222,14 @@ async fn consume(
                     continue;
                 }
                 m = batch.next() => m,
+                // A server gone away never ends the pull: stop waiting for it at the grace's end.
+                _ = sleep_until(grace.work_ends()), if stopping => None,
             };
             match next {
                 Some(Ok(msg)) => match permits.pop().filter(|_| !stopping) {
                     Some(permit) => {
                         restart_delay = Duration::from_millis(100);
-                        start(tasks, permit, pipeline, settler, msg);
+                        in_flight.start(permit, pipeline, settler, msg);
                     }
                     None => held.push(msg),
                 },
@@ -221,29 +241,92 @@ async fn consume(
                 None => break,
             }
         }
-        for msg in &held {
-            hand_back(msg).await;
+        let hand_back_all = async {
+            for msg in &held {
+                hand_back(msg).await;
+            }
+        };
+        if stopping {
+            bounded(grace.ends(), "hand back requests", hand_back_all).await;
+        } else {
+            hand_back_all.await;
         }
     }
 }
 
-/// Handles `msg` on a task of its own, holding `permit` (its slot) until done.
-fn start(
-    tasks: &mut JoinSet<()>,
-    permit: OwnedSemaphorePermit,
-    pipeline: &Pipeline,
-    settler: &Settler,
-    msg: jetstream::Message,
-) {
-    let (pipeline, settler) = (pipeline.clone(), settler.clone());
-    let inflight = settler.metrics.inflight.clone();
-    let span = crate::trace::item_span(&msg);
-    inflight.inc();
-    tasks.spawn(async move {
-        let _permit = permit;
-        let _gauge = GaugeGuard(inflight);
-        settler.handle(&pipeline, msg).instrument(span).await;
-    });
+/// The requests being handled, each on a task of its own.
+#[derive(Default)]
+struct InFlight {
+    tasks: JoinSet<()>,
+    /// Cancelled when the grace period is over: each task still running hands its request back.
+    abandon: CancellationToken,
+}
+
+impl InFlight {
+    /// Handles `msg` on a task of its own, holding `permit` (its slot) until done.
+    fn start(
+        &mut self,
+        permit: OwnedSemaphorePermit,
+        pipeline: &Pipeline,
+        settler: &Settler,
+        msg: jetstream::Message,
+    ) {
+        let (pipeline, settler) = (pipeline.clone(), settler.clone());
+        let abandon = self.abandon.clone();
+        let inflight = settler.metrics.inflight.clone();
+        let span = crate::trace::item_span(&msg);
+        inflight.inc();
+        self.tasks.spawn(async move {
+            let _permit = permit;
+            let _gauge = GaugeGuard(inflight);
+            let handling = settler.handle(&pipeline, msg.clone()).instrument(span);
+            tokio::select! {
+                () = handling => {}
+                () = abandon.cancelled() => hand_back(&msg).await,
+            }
+        });
+    }
+
+    /// Collects the tasks that ended.
+    fn reap(&mut self) {
+        while let Some(done) = self.tasks.try_join_next() {
+            log_panic(done);
+        }
+    }
+
+    /// Waits for the requests in flight until the grace period's work ends; those still running
+    /// then are handed back (nak, no delay: another preprocessor takes them at once, instead of
+    /// after the ack wait), within the grace's last steps.
+    async fn drain(&mut self, grace: &Grace) {
+        if self.tasks.is_empty() {
+            return;
+        }
+        tracing::info!(
+            in_flight = self.tasks.len(),
+            "waiting for requests in flight"
+        );
+        if self.join_all_until(grace.work_ends()).await {
+            return;
+        }
+        tracing::warn!(
+            abandoned = self.tasks.len(),
+            "grace period over; handing back the requests still in flight"
+        );
+        self.abandon.cancel();
+        if !self.join_all_until(grace.ends()).await {
+            self.tasks.shutdown().await;
+        }
+    }
+
+    /// Whether every task ended before `deadline`.
+    async fn join_all_until(&mut self, deadline: tokio::time::Instant) -> bool {
+        let all_done = async {
+            while let Some(done) = self.tasks.join_next().await {
+                log_panic(done);
+            }
+        };
+        tokio::time::timeout_at(deadline, all_done).await.is_ok()
+    }
 }
 
 /// Gives a message this process will not start back to the stream at once (stopping).
@@ -251,27 +334,6 @@ async fn hand_back(msg: &jetstream::Message) {
     tracing::debug!(subject = %msg.subject, "stopping: handing a request back");
     if let Err(e) = msg.ack_with(AckKind::Nak(None)).await {
         tracing::warn!(error = %e, "cannot hand a request back; redelivered after the ack wait");
-    }
-}
-
-/// Waits for the requests in flight, at most `grace`; those still running then are abandoned
-/// (their requests are redelivered after the consumer's ack wait).
-async fn drain(tasks: &mut JoinSet<()>, grace: Duration) {
-    if tasks.is_empty() {
-        return;
-    }
-    tracing::info!(in_flight = tasks.len(), "waiting for requests in flight");
-    let all_done = async {
-        while let Some(done) = tasks.join_next().await {
-            log_panic(done);
-        }
-    };
-    if tokio::time::timeout(grace, all_done).await.is_err() {
-        tracing::warn!(
-            abandoned = tasks.len(),
-            "grace period over; abandoning requests in flight (they will be redelivered)"
-        );
-        tasks.shutdown().await;
     }
 }
 

@@ -262,6 +262,25 @@ impl Prediction {
         exps.into_iter().map(|e| e / sum).collect()
     }
 
+    /// Checks that there is one logit per class (and a class at all): what every reader of a
+    /// prediction relies on. `internal` otherwise (a worker whose model does not match its
+    /// manifest, or a bug), naming both counts.
+    pub fn check(&self) -> Result<(), Error> {
+        if self.classes.is_empty() || self.logits.len() != self.classes.len() {
+            return Err(Error::new(
+                ErrorCode::Internal,
+                format!(
+                    "malformed prediction from model {} {}: {} logits for {} classes",
+                    self.model.name,
+                    self.model.version,
+                    self.logits.len(),
+                    self.classes.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Index of the highest logit.
     pub fn top(&self) -> Option<usize> {
         self.logits
@@ -307,9 +326,19 @@ impl Reply {
         serde_json::to_vec(self).expect("a Reply always serializes")
     }
 
+    /// Decodes a reply; an undecodable one is an `internal` error. A prediction that fails
+    /// [`Prediction::check`] comes back as that `internal` error for the same request, so its
+    /// caller gets a clear answer at once (never a panic, nor a wait for its deadline).
     pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
-        serde_json::from_slice(bytes)
-            .map_err(|e| Error::new(ErrorCode::Internal, format!("undecodable reply: {e}")))
+        let reply: Self = serde_json::from_slice(bytes)
+            .map_err(|e| Error::new(ErrorCode::Internal, format!("undecodable reply: {e}")))?;
+        match &reply.outcome {
+            Outcome::Prediction(p) => match p.check() {
+                Ok(()) => Ok(reply),
+                Err(e) => Ok(Self::error(reply.request_id, e)),
+            },
+            Outcome::Error(_) => Ok(reply),
+        }
     }
 }
 
@@ -463,5 +492,41 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&e.encode()).unwrap();
         assert_eq!(json["error"]["code"], "origin_error");
         assert_eq!(Reply::decode(&e.encode()).unwrap(), e);
+    }
+
+    #[test]
+    fn a_prediction_whose_logits_do_not_match_its_classes_decodes_as_an_internal_error() {
+        let prediction = |classes: &[&str], logits: &[f32]| Prediction {
+            model: model(),
+            classes: classes.iter().map(|c| c.to_string()).collect(),
+            logits: logits.to_vec(),
+            timings: Timings::default(),
+        };
+        let fine = Reply::prediction("ok", prediction(&["a", "b"], &[1.0, 2.0]));
+        assert_eq!(Reply::decode(&fine.encode()).unwrap(), fine);
+        for (classes, logits, says) in [
+            (
+                &["a", "b"][..],
+                &[1.0, 2.0, 3.0][..],
+                "3 logits for 2 classes",
+            ),
+            (&["a", "b", "c"][..], &[1.0][..], "1 logits for 3 classes"),
+            (&[][..], &[][..], "0 logits for 0 classes"),
+        ] {
+            let malformed = Reply::prediction("r3", prediction(classes, logits)).encode();
+            let reply = Reply::decode(&malformed).unwrap();
+            assert_eq!(reply.request_id, "r3");
+            match reply.outcome {
+                Outcome::Error(e) => {
+                    assert_eq!(e.code, ErrorCode::Internal);
+                    assert!(e.message.contains(says), "{}", e.message);
+                }
+                other => panic!("a malformed prediction was passed on: {other:?}"),
+            }
+        }
+        assert_eq!(
+            Reply::decode(b"{\"request_id\": 5}").unwrap_err().code,
+            ErrorCode::Internal
+        );
     }
 }

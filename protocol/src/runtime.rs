@@ -3,17 +3,19 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// How often a tier pings its NATS server (see [`NatsArgs::connect`]).
-pub const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+pub const PING_INTERVAL: Duration = Duration::from_secs(5);
 
 /// NATS connection options, shared by every tier's command line.
 #[derive(Debug, Clone, clap::Args)]
@@ -175,6 +177,64 @@ pub fn token_from(shutdown: impl Future<Output = ()> + Send + 'static) -> Cancel
         }
     });
     token
+}
+
+/// How long a stopping tier may spend on its last steps once its grace period is over: handing
+/// back (nak) what it holds and flushing NATS. Whatever NATS does (gone, restarting, not
+/// answering), a tier exits at most this long after its grace period.
+pub const LAST_STEPS: Duration = Duration::from_secs(1);
+
+/// A stopping tier's grace period, counted from the moment its shutdown token is cancelled:
+/// its work in flight may run until [`Grace::work_ends`], every step after that (and every wait
+/// on NATS while stopping) is bounded by [`Grace::ends`], [`LAST_STEPS`] later.
+#[derive(Debug, Clone)]
+pub struct Grace {
+    period: Duration,
+    began: Arc<OnceLock<Instant>>,
+}
+
+impl Grace {
+    /// Starts counting `period` when `token` is cancelled.
+    pub fn on_cancel(token: &CancellationToken, period: Duration) -> Self {
+        let grace = Self {
+            period,
+            began: Arc::default(),
+        };
+        let (token, began) = (token.clone(), grace.began.clone());
+        tokio::spawn(async move {
+            token.cancelled().await;
+            began.get_or_init(Instant::now);
+        });
+        grace
+    }
+
+    /// When shutdown began (now, if it has not begun or its start is not noted yet).
+    fn began(&self) -> Instant {
+        self.began.get().copied().unwrap_or_else(Instant::now)
+    }
+
+    /// When the work in flight must be done (or be given up).
+    pub fn work_ends(&self) -> Instant {
+        self.began() + self.period
+    }
+
+    /// When the process must be on its way out, whatever is still waiting on NATS.
+    pub fn ends(&self) -> Instant {
+        self.work_ends() + LAST_STEPS
+    }
+}
+
+/// Runs one step of a shutdown until `deadline`; a step still waiting then (a flush or a nak to a
+/// server that went away) is given up and logged, so the process still exits.
+pub async fn bounded<T>(deadline: Instant, step: &str, f: impl Future<Output = T>) -> Option<T> {
+    let done = tokio::time::timeout_at(deadline, f).await.ok();
+    if done.is_none() {
+        tracing::warn!(
+            step,
+            "shutdown step given up at the end of the grace period"
+        );
+    }
+    done
 }
 
 /// Readiness check: `Ok` when ready, `Err(reason)` otherwise.

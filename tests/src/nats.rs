@@ -210,6 +210,14 @@ impl NatsServer {
         self.spawn().await;
     }
 
+    /// Sends the server SIGTERM, as `docker compose down` or a pod's deletion does, and returns
+    /// at once; it shuts down and closes every connection (reaped on drop).
+    pub fn sigterm(&self) {
+        if let Some(c) = &self.child {
+            crate::stack::sigterm(c);
+        }
+    }
+
     /// Kills the server (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

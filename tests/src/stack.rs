@@ -97,9 +97,18 @@ impl Tier {
     /// SIGTERM, as Kubernetes sends on scale-in or a rollout; then waits for the process to exit,
     /// at most `within` (it panics past that), and returns how it exited.
     pub async fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(sent.success(), "kill -TERM {pid}");
+        self.sigterm();
+        self.exited(within).await
+    }
+
+    /// Sends SIGTERM and returns at once (to stop several processes at the same moment).
+    pub fn sigterm(&self) {
+        sigterm(&self.child);
+    }
+
+    /// Waits for the process to exit, at most `within` (it panics past that), and returns how it
+    /// exited.
+    pub async fn exited(&mut self, within: Duration) -> std::process::ExitStatus {
         let what = format!("{} to exit after SIGTERM", self.name);
         let child = &mut self.child;
         wait_until(&what, within, || {
@@ -108,6 +117,13 @@ impl Tier {
         })
         .await
     }
+}
+
+/// Sends SIGTERM to `child`.
+pub fn sigterm(child: &Child) {
+    let pid = child.id().to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(sent.success(), "kill -TERM {pid}");
 }
 
 impl Drop for Tier {

@@ -85,6 +85,28 @@ async fn nats_service_answers_like_http_and_is_listed() {
     );
     let err: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
     assert_eq!(err["error"]["code"], "bad_request");
+    let header = |name: &str| {
+        let value = reply.headers.as_ref().unwrap().get(name);
+        value.map(|v| v.to_string())
+    };
+    assert_eq!(header("Nats-Service-Error-Code").as_deref(), Some("400"));
+    assert!(header("Nats-Service-Error").is_some());
+
+    // The services API counts the three answers, and the error as an error (it counted no
+    // errors when they were sent as successes with error headers).
+    let stats = client
+        .request(format!("$SRV.STATS.{SERVICE_NAME}"), "".into())
+        .await
+        .unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&stats.payload).unwrap();
+    let classify = &stats["endpoints"][0];
+    assert_eq!(classify["subject"], SERVICE_SUBJECT, "{stats}");
+    assert_eq!(classify["num_requests"], 3, "{stats}");
+    assert_eq!(classify["num_errors"], 1, "{stats}");
+    assert!(
+        classify["last_error"].as_str().unwrap().starts_with("400:"),
+        "{stats}"
+    );
 }
 
 /// An ingress alone (no preprocessor drains the requests stream) on a stream that holds one

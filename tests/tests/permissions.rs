@@ -176,8 +176,9 @@ async fn public_may_only_call_the_service() {
     let (nats, admin) = provisioned().await;
     with_queued_work(&nats).await;
 
-    // The ingress's role serves clothesline.classify through the NATS services API, as the
-    // ingress does ($SRV discovery included), and answers with allow_responses.
+    // The ingress's role serves clothesline.classify through the NATS services API (here
+    // async-nats' own; the ingress's ingress/src/micro.rs uses the same subjects, $SRV discovery
+    // included), and answers with allow_responses.
     let ingress = Role::connect(&nats, "ingress").await;
     use async_nats::service::ServiceExt;
     let service = ingress

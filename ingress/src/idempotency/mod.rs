@@ -97,7 +97,11 @@ impl Idempotent {
         };
         let kv = self.store().await?.clone();
         let key = record::key(&job.request_id);
-        let body = record::body_hash(&job.content_type, &job.payload, job.model_version.as_deref());
+        let body = record::body_hash(
+            &job.content_type,
+            &job.payload,
+            job.model_version.as_deref(),
+        );
         let claim = Record {
             body: body.clone(),
             state: State::Pending {
