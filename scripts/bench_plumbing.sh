@@ -21,7 +21,8 @@
 # Environment: BENCH_IMAGES (the validation split of CLOTHESLINE_DATASET, else of ../shared/...), BENCH_STEP_SECS (20), BENCH_WARMUP_SECS (3),
 # BENCH_CONCURRENCY (32: the null-model loops), BENCH_HOPS (200 requests), BENCH_BIN_BEFORE (a
 # folder of older release binaries: step 1 then runs them too, alternating, "before" and "after"
-# in one run), BENCH_SKIP_MODEL (1: skip step 4), BENCH_KEEP (a folder for the raw results),
+# in one run; its one try so far stopped on its second fresh stack with "a process died", not
+# investigated yet: perhaps free_port handing out one port twice), BENCH_SKIP_MODEL (1: skip step 4), BENCH_KEEP (a folder for the raw results),
 # BENCH_BIN (binaries to use instead of building target/release; e.g. a dry run on debug ones).
 set -euo pipefail
 cd "$(dirname "$0")/.."
