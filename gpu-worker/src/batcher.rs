@@ -104,6 +104,15 @@ impl Batcher {
         }
     }
 
+    /// With `false`, a partial batch always waits the batch delay for more, even when the server
+    /// has nothing more pending (see [`crate::gather`]); by default it runs at once then.
+    pub fn with_idle_dispatch(mut self, on: bool) -> Self {
+        if !on {
+            self.gather = self.gather.always_wait();
+        }
+        self
+    }
+
     /// Skips the items whose ids `set` holds (checked when pulled and again when their batch
     /// starts). Call before [`Batcher::run`].
     pub fn with_cancellations(mut self, set: CancelSet) -> Self {
@@ -282,15 +291,17 @@ impl Batcher {
             responder.fail(&msg, &meta, e, AckKind::Term).await;
             return;
         }
-        let queued_at_ms = msg
-            .info()
-            .ok()
+        let info = msg.info().ok();
+        let queued_at_ms = info
+            .as_ref()
             .and_then(|i| {
                 SystemTime::from(i.published)
                     .duration_since(UNIX_EPOCH)
                     .ok()
             })
             .map_or_else(now_ms, |d| d.as_millis() as u64);
+        // What the server still had for this consumer when it delivered this one.
+        let behind = info.map(|i| i.pending);
         crate::trace::queue_wait(queued_at_ms);
         let item = Item {
             msg,
@@ -300,7 +311,7 @@ impl Batcher {
             queued_at_ms,
             span: tracing::Span::current(),
         };
-        self.gather.push(item, Instant::now());
+        self.gather.push(item, Instant::now(), behind);
     }
 
     /// Gives back what is queued (nak: redelivered at once), when nothing more can run here.

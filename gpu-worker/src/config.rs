@@ -94,6 +94,12 @@ pub struct Config {
     #[arg(long, env = "GPU_WORKER_MAX_BATCH_DELAY_MS",
           value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub max_batch_delay_ms: Option<u64>,
+    /// Run a partial batch at once when an engine is free and the server has no more tensors
+    /// pending for the worker (waiting could not fill it); `false` always waits the batch delay
+    /// for a fuller one.
+    #[arg(long, env = "GPU_WORKER_DISPATCH_WHEN_IDLE", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub dispatch_when_idle: bool,
     /// Model replicas in this process (engines), each on a thread of its own running one batch
     /// at a time; default 1 on CUDA, one per core on CPU.
     #[arg(long, env = "GPU_WORKER_ENGINES",

@@ -197,7 +197,8 @@ pub async fn run(
         max_delay,
         ack_wait,
         max_deliver,
-    );
+    )
+    .with_idle_dispatch(config.dispatch_when_idle);
     // Listening before the first pull: a cancellation published once the worker is ready is seen.
     let received = metrics.cancellations_received.clone();
     let cancels = cancel::subscribe_if(config.honor_cancellations, &client, received)

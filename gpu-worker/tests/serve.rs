@@ -280,3 +280,83 @@ async fn serves_predictions_and_errors_and_stops_cleanly() {
         "everything was acked"
     );
 }
+
+/// Runs a worker with a 10 s batch delay and `dispatch_when_idle`, publishes one tensor once it
+/// is ready (nothing else pending) with a deadline shorter than that delay, and returns its reply.
+async fn lone_tensor_reply(dispatch_when_idle: bool) -> Outcome {
+    let model_dir = tempfile::tempdir().unwrap();
+    export_tiny_model(model_dir.path()).unwrap();
+    let manifest_path = model_dir.path().join("manifest.json");
+    let manifest = Manifest::load(&manifest_path).unwrap();
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    provision(&js, &Topology::builtin().with_memory_storage())
+        .await
+        .unwrap();
+    let mut replies = client.subscribe(REPLIES).await.unwrap();
+    client.flush().await.unwrap();
+
+    let health_port = free_port();
+    let mut config = Config::local(nats.url(), &manifest_path);
+    config.http_addr = ([127, 0, 0, 1], health_port).into();
+    config.intra_op_threads = Some(1);
+    config.warmup_batches = 0;
+    config.max_batch = Some(8);
+    config.max_batch_delay_ms = Some(10_000);
+    config.dispatch_when_idle = dispatch_when_idle;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(run(config, async move {
+        let _ = stopped.await;
+    }));
+    let mut ready = false;
+    for _ in 0..600 {
+        let ok = tokio::net::TcpStream::connect(("127.0.0.1", health_port))
+            .await
+            .is_ok();
+        if ok && http_get(health_port, "/readyz").await.0 == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "the worker became ready");
+
+    // Its deadline passes before the batch delay would: only a batch run at once answers it.
+    let meta = RequestMeta::new(Some(REPLIES.into()), Some(Duration::from_secs(6)));
+    let tensor = TensorMessage::new(
+        manifest.model_ref(),
+        &manifest.input,
+        image(manifest.input_len(), 3),
+        now_ms(),
+        Timings::default(),
+    );
+    publish(&js, &meta, tensor.encode()).await;
+    let msg = tokio::time::timeout(Duration::from_secs(60), replies.next())
+        .await
+        .expect("a reply within a minute")
+        .unwrap();
+    let reply = Reply::decode(&msg.payload).unwrap();
+    assert_eq!(reply.request_id, meta.request_id);
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), worker)
+        .await
+        .expect("the worker stops")
+        .unwrap()
+        .expect("run returns Ok");
+    reply.outcome
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_tensor_runs_at_once_instead_of_waiting_for_a_fuller_batch() {
+    match lone_tensor_reply(true).await {
+        Outcome::Prediction(p) => assert_eq!(p.timings.batch_size, Some(1)),
+        Outcome::Error(e) => panic!("the lone tensor waited for a fuller batch: {e:?}"),
+    }
+    // The control: told to always wait, the worker holds it past its deadline.
+    match lone_tensor_reply(false).await {
+        Outcome::Error(e) => assert_eq!(e.code, ErrorCode::DeadlineExceeded, "{e:?}"),
+        Outcome::Prediction(p) => panic!("ran before the batch delay: {p:?}"),
+    }
+}

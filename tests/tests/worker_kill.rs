@@ -4,8 +4,9 @@
 //! Real nats-server, real `clothesline-gpu-worker` processes, the shipped model on CPU. Tensors
 //! are published straight onto the tensors stream with reply subjects (no ingress, no
 //! preprocessor). Worker A is started with a batch far larger than what is published and a long
-//! batch delay, so it pulls everything and holds it without running it; once the consumer shows
-//! every tensor delivered and unacknowledged, A is killed. The topology's ack wait is cut to 5 s
+//! batch delay that it always waits out (`--dispatch-when-idle false`), so it pulls everything
+//! and holds it without running it; once the consumer shows every tensor delivered and
+//! unacknowledged, A is killed. The topology's ack wait is cut to 5 s
 //! (30 s as shipped) so the redelivery comes soon, yet stays well above the time worker B holds
 //! a tensor before acking it, so B is never handed a tensor it still works on. Worker B, at its
 //! defaults, then answers every request. "Exactly once" is checked after B has stopped and the
@@ -83,6 +84,8 @@ async fn a_worker_killed_while_holding_unacked_tensors_loses_none() {
             "1024",
             "--max-batch-delay-ms",
             "10000",
+            "--dispatch-when-idle",
+            "false",
             "--warmup-batches",
             "0",
         ],
