@@ -49,6 +49,7 @@ fn job(id: &str, caller_id: bool) -> Job {
         payload: Bytes::from(format!(r#"{{"url":"http://images.example/{id}.jpg"}}"#)),
         timeout: Duration::from_secs(10),
         traceparent: None,
+        model_version: None,
     }
 }
 
