@@ -240,8 +240,7 @@ impl Batcher {
                     };
                     bounded(grace.ends(), "hand back tensors", handed_back).await;
                     if running > 0 {
-                        bail!("shutdown grace period over with {running} batch(es) running; \
-                               their tensors were handed back");
+                        return Err(crate::leave::AbandonedBatches { running }.into());
                     }
                     tracing::warn!("stopping: the last pull did not end within the grace period");
                     return Ok(());

@@ -22,6 +22,7 @@ pub mod config;
 pub mod device_memory;
 pub mod engine;
 pub mod gather;
+pub mod leave;
 pub mod malloc;
 pub mod metrics;
 pub mod model;

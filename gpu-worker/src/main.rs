@@ -1,6 +1,7 @@
 //! `clothesline-gpu-worker`: parse the configuration, set up logging, run until SIGTERM/Ctrl-C.
 
 use clap::Parser;
+use clothesline_gpu_worker::leave::{self, AbandonedBatches};
 use clothesline_gpu_worker::{Config, run};
 use protocol::runtime::shutdown_signal;
 use protocol::telemetry::{FLUSH_WITHIN, Telemetry};
@@ -25,6 +26,10 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "gpu-worker failed");
             eprintln!("clothesline-gpu-worker: {e:#}");
+            if e.downcast_ref::<AbandonedBatches>().is_some() {
+                // libtorch may still run the abandoned batch: no static destructors under it.
+                leave::without_destructors(1);
+            }
             std::process::ExitCode::FAILURE
         }
     }

@@ -376,14 +376,18 @@ async fn a_gpu_worker_whose_grace_ends_mid_batch_hands_its_tensors_back() {
     .await;
     clothesline_tests::stack::sigterm(&first.0);
     let child = &mut first.0;
-    // It exits 1 ("grace period over with 1 batch(es) running"). Not asserted: leaving while
-    // libtorch still runs the abandoned batch on its engine thread sometimes ends in SIGSEGV
-    // (libtorch's static destructors run under it), after the tensors were handed back; open.
-    wait_until("the first worker to exit", Duration::from_secs(10), || {
+    // It exits 1 ("grace period over with 1 batch(es) running"), with `_exit`: a normal exit ran
+    // libtorch's static destructors under the abandoned batch and sometimes died of SIGSEGV.
+    let status = wait_until("the first worker to exit", Duration::from_secs(10), || {
         let exited = child.try_wait().unwrap();
         async move { exited }
     })
     .await;
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "the worker whose grace ended mid-batch: {status:?}"
+    );
 
     let _second = Worker::spawn(&nats.url(), &args("10000"));
     let mut answered = HashSet::new();

@@ -157,9 +157,12 @@ async fn wait_metric(stack: &Stack, line_start: &str, value: f64) {
 }
 
 /// A request id whose canary bucket is below (`canary`) or at least 20.
-fn id_in(canary: bool, n: &mut u64) -> String {
+fn id_in(canary: bool) -> String {
+    // Never the same id twice in this process: a caller's id makes a request idempotent, so a
+    // reused id would get its first answer (or a 409 with another body), not a fresh routing.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     loop {
-        *n += 1;
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let id = format!("probe-{n}");
         if (bucket_of(&id) < 20) == canary {
             return id;
@@ -169,9 +172,8 @@ fn id_in(canary: bool, n: &mut u64) -> String {
 
 /// Waits until a fresh request whose id is in (or out of) the canary share is served by `version`.
 async fn wait_routed(stack: &Stack, url: &str, canary: bool, version: &str) {
-    let mut n = 0;
     wait_until(&format!("requests to be routed to {version}"), WAIT, || {
-        let id = id_in(canary, &mut n);
+        let id = id_in(canary);
         async move {
             let a = predict_url(stack, url, &id).await;
             assert_eq!(a.status, 200, "{a:?}");
@@ -366,12 +368,11 @@ async fn canary_share_pins_and_rollback_with_per_role_users() {
     println!("canary at 20%: {v2} of 300 requests served by v2");
 
     // Pins: the header and the JSON field, against the canary's choice.
-    let mut n = 0;
     for _ in 0..10 {
-        let id = id_in(false, &mut n);
+        let id = id_in(false);
         let a = predict(&stack, serde_json::json!({ "url": url }), &id, Some("2")).await;
         assert_eq!((a.status, a.version.as_deref()), (200, Some("2")), "{id}");
-        let id = id_in(true, &mut n);
+        let id = id_in(true);
         let body = serde_json::json!({ "url": url, "model_version": "1" });
         let a = predict(&stack, body, &id, None).await;
         assert_eq!((a.status, a.version.as_deref()), (200, Some("1")), "{id}");
