@@ -66,20 +66,12 @@ impl Call {
     /// A valid id of the caller's ([`protocol::meta::valid_caller_id`]) names the request (and
     /// makes it idempotent, [`crate::idempotency`]); without one it gets a new id.
     pub fn begin(state: &AppState, route: &'static str, h: CallHeaders<'_>) -> Result<Self, Error> {
-        let id = match h
+        let (id, caller_id) = match h
             .request_id
             .filter(|id| protocol::meta::valid_caller_id(id))
         {
-            Some(id) => Named {
-                id: id.to_string(),
-                caller_id: true,
-                model_version: None,
-            },
-            None => Named {
-                id: protocol::meta::new_request_id(),
-                caller_id: false,
-                model_version: None,
-            },
+            Some(id) => (id.to_string(), true),
+            None => (protocol::meta::new_request_id(), false),
         };
         let timeout = match h.timeout_ms {
             None => state.default_timeout,
@@ -111,8 +103,9 @@ impl Call {
             }
         };
         let named = Named {
+            id,
+            caller_id,
             model_version,
-            ..id
         };
         Self::admit(state, route, named, timeout, h.traceparent)
     }
