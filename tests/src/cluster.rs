@@ -7,6 +7,9 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use async_nats::jetstream;
+use protocol::names::{GPU_WORKER_CONSUMER, REQUESTS_STREAM, TENSORS_STREAM};
+
 use crate::{free_port, paths, wait_until};
 
 /// The cluster's name in every node's config.
@@ -25,6 +28,7 @@ pub struct Node {
     pub monitor_port: u16,
     pub cluster_port: u16,
     store: tempfile::TempDir,
+    log: std::path::PathBuf,
     child: Option<Child>,
 }
 
@@ -41,6 +45,21 @@ impl Node {
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Its log file (in its store folder, or the folder the cluster was given).
+    pub fn log_path(&self) -> std::path::PathBuf {
+        self.log.clone()
+    }
+
+    /// Its store folder.
+    pub fn store_path(&self) -> &std::path::Path {
+        self.store.path()
+    }
 }
 
 pub struct NatsCluster {
@@ -51,14 +70,27 @@ impl NatsCluster {
     /// Starts `size` nodes routed to each other and waits until JetStream has a meta leader
     /// that every node knows.
     pub async fn start(size: usize) -> Self {
+        Self::start_logged(size, None).await
+    }
+
+    /// [`Self::start`], each node logging to `<log_dir>/nats-<name>.log` when given (kept).
+    pub async fn start_logged(size: usize, log_dir: Option<&std::path::Path>) -> Self {
         let nodes = (0..size)
-            .map(|i| Node {
-                name: format!("n{i}"),
-                port: free_port(),
-                monitor_port: free_port(),
-                cluster_port: free_port(),
-                store: tempfile::tempdir().unwrap(),
-                child: None,
+            .map(|i| {
+                let (name, store) = (format!("n{i}"), tempfile::tempdir().unwrap());
+                let log = match log_dir {
+                    Some(dir) => dir.join(format!("nats-{name}.log")),
+                    None => store.path().join("nats.log"),
+                };
+                Node {
+                    name,
+                    port: free_port(),
+                    monitor_port: free_port(),
+                    cluster_port: free_port(),
+                    store,
+                    log,
+                    child: None,
+                }
             })
             .collect();
         let mut cluster = Self { nodes };
@@ -134,7 +166,7 @@ impl NatsCluster {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.nodes[i].store.path().join("nats.log"))
+            .open(self.nodes[i].log_path())
             .unwrap();
         let child = Command::new(paths::nats_server())
             .arg("-c")
@@ -188,6 +220,24 @@ impl NatsCluster {
         .await;
     }
 
+    /// SIGTERMs every node and waits for each to exit, at most `within` (SIGKILLed past that);
+    /// returns whether all exited by themselves.
+    pub async fn stop(&mut self, within: Duration) -> bool {
+        let mut children: Vec<Child> = self
+            .nodes
+            .iter_mut()
+            .filter_map(|n| n.child.take())
+            .collect();
+        for c in &children {
+            crate::tier::sigterm(c);
+        }
+        let mut clean = true;
+        for c in &mut children {
+            clean &= crate::nats::exit_within(c, within).await;
+        }
+        clean
+    }
+
     /// SIGKILLs node `i`, as a crash or a lost machine would.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.nodes[i].child.take() {
@@ -232,7 +282,7 @@ impl NatsCluster {
     }
 
     /// The server name of the leader of `stream`.
-    pub async fn stream_leader(&self, js: &async_nats::jetstream::Context, stream: &str) -> String {
+    pub async fn stream_leader(&self, js: &jetstream::Context, stream: &str) -> String {
         let mut stream = js.get_stream(stream).await.unwrap();
         let info = stream.info().await.unwrap();
         info.cluster
@@ -244,7 +294,7 @@ impl NatsCluster {
     /// The server name of the leader of `consumer` on `stream`.
     pub async fn consumer_leader(
         &self,
-        js: &async_nats::jetstream::Context,
+        js: &jetstream::Context,
         stream: &str,
         consumer: &str,
     ) -> String {
@@ -259,6 +309,93 @@ impl NatsCluster {
     }
 }
 
+/// The faults of a cluster in production, one after the other, each waited out: the node
+/// holding the requests stream's leader is SIGKILLed and started again, then the tensors stream's
+/// leader's, then the gpu-worker consumer's leader's; then every node is restarted in turn
+/// through lame-duck mode, as the StatefulSet's rolling update does. After each, every replica of
+/// both streams is current again. `event` is told what happens, as it happens.
+pub async fn leader_kills_and_rolling_restart(
+    cluster: &mut NatsCluster,
+    js: &jetstream::Context,
+    event: &mut dyn FnMut(String),
+) {
+    for stream in [REQUESTS_STREAM, TENSORS_STREAM] {
+        let leader = cluster.stream_leader(js, stream).await;
+        let node = cluster.index_of(&leader);
+        event(format!("SIGKILL {leader}, leader of {stream}"));
+        cluster.kill(node);
+        let new = wait_new_stream_leader(cluster, js, stream, &leader).await;
+        event(format!("{stream} elected {new}; start {leader} again"));
+        cluster.start_again(node).await;
+        wait_all_whole(js).await;
+        event(format!("{leader} back, every replica current"));
+    }
+    let leader = cluster
+        .consumer_leader(js, TENSORS_STREAM, GPU_WORKER_CONSUMER)
+        .await;
+    let node = cluster.index_of(&leader);
+    event(format!(
+        "SIGKILL {leader}, leader of consumer {GPU_WORKER_CONSUMER}"
+    ));
+    cluster.kill(node);
+    cluster.start_again(node).await;
+    wait_all_whole(js).await;
+    event(format!("{leader} back, every replica current"));
+    for node in 0..cluster.nodes.len() {
+        let name = cluster.nodes[node].name.clone();
+        event(format!("lame-duck restart of {name}"));
+        cluster.stop_lame_duck(node).await;
+        cluster.start_again(node).await;
+        wait_all_whole(js).await;
+        event(format!("{name} back, every replica current"));
+    }
+}
+
+/// Waits until `stream` has a leader other than `old` (after its leader's node went away).
+pub async fn wait_new_stream_leader(
+    cluster: &NatsCluster,
+    js: &jetstream::Context,
+    stream: &str,
+    old: &str,
+) -> String {
+    wait_until(
+        &format!("a new leader of {stream}"),
+        Duration::from_secs(60),
+        || async {
+            let mut s = js.get_stream(stream).await.ok()?;
+            let info = s.info().await.ok()?;
+            let leader = info.cluster.clone()?.leader?;
+            (leader != old).then_some(leader)
+        },
+    )
+    .await;
+    cluster.stream_leader(js, stream).await
+}
+
+/// Waits until every replica of `stream` is current again (a restarted node caught up).
+pub async fn wait_stream_whole(js: &jetstream::Context, stream: &str) {
+    wait_until(
+        &format!("every replica of {stream} to be current"),
+        Duration::from_secs(60),
+        || async {
+            let mut s = js.get_stream(stream).await.ok()?;
+            let cluster = s.info().await.ok()?.cluster.clone()?;
+            (cluster.leader.is_some()
+                && cluster.replicas.len() == 2
+                && cluster.replicas.iter().all(|r| r.current && !r.offline))
+            .then_some(())
+        },
+    )
+    .await;
+}
+
+/// [`wait_stream_whole`] for both streams.
+pub async fn wait_all_whole(js: &jetstream::Context) {
+    for stream in [REQUESTS_STREAM, TENSORS_STREAM] {
+        wait_stream_whole(js, stream).await;
+    }
+}
+
 impl Drop for NatsCluster {
     /// Kills every node; when a test failed, prints the end of each node's log.
     fn drop(&mut self) {
@@ -269,8 +406,7 @@ impl Drop for NatsCluster {
             return;
         }
         for node in &self.nodes {
-            let text =
-                std::fs::read_to_string(node.store.path().join("nats.log")).unwrap_or_default();
+            let text = std::fs::read_to_string(node.log_path()).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             let tail = &lines[lines.len().saturating_sub(30)..];
             eprintln!(

@@ -9,14 +9,22 @@ pub struct FileServer {
 }
 
 impl FileServer {
+    /// Serves `dir` on a free port of 127.0.0.1.
     pub async fn serve(dir: &Path) -> Self {
+        Self::serve_at(dir, ([127, 0, 0, 1], 0).into())
+            .await
+            .unwrap()
+    }
+
+    /// Serves `dir` at `addr`.
+    pub async fn serve_at(dir: &Path, addr: SocketAddr) -> std::io::Result<Self> {
         let app = axum::Router::new().fallback_service(tower_http::services::ServeDir::new(dir));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
+            let _ = axum::serve(listener, app).await;
         });
-        Self { addr, task }
+        Ok(Self { addr, task })
     }
 
     /// The URL of `path` (relative to the served folder).

@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod examples;
 pub mod files;
+pub mod load;
 pub mod nats;
 pub mod origin;
 pub mod otlp;
@@ -13,15 +14,26 @@ pub mod paths;
 pub mod roles;
 pub mod scan_bomb;
 pub mod stack;
+pub mod tier;
 pub mod worker;
 
-/// A free TCP port on 127.0.0.1 (bound then released; the OS does not hand it out again at once).
+/// A free TCP port on 127.0.0.1, never one this process handed out before: the port is bound
+/// then released, and the OS may hand the same one out again at once (a stack once got one port
+/// for two tiers), so the ports given out are remembered and skipped.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout` with `what`.

@@ -20,11 +20,19 @@ pub const ROLES: [(&str, &str); 6] = [
 
 /// What a server starts with besides the defaults: config files included after
 /// `max_payload: 8MB` (copied beside the generated config, since nats-server resolves includes
-/// relative to it) and variables set in its environment (e.g. the `$VAR`s those files read).
+/// relative to it), variables set in its environment (e.g. the `$VAR`s those files read), and
+/// the ports asked for (free ones otherwise).
 #[derive(Debug, Clone, Default)]
 pub struct ServerConfig {
     pub includes: Vec<PathBuf>,
     pub env: Vec<(String, String)>,
+    pub port: Option<u16>,
+    pub monitor_port: Option<u16>,
+    /// The includes define the users of `nats/auth.conf`: [`NatsServer::client`] connects as
+    /// `provision`.
+    pub auth: bool,
+    /// A file its log is appended to (none kept otherwise).
+    pub log: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -36,6 +44,8 @@ impl ServerConfig {
                 .iter()
                 .map(|(user, var)| (var.to_string(), NatsServer::password(user)))
                 .collect(),
+            auth: true,
+            ..Self::default()
         }
     }
 }
@@ -46,8 +56,6 @@ pub struct NatsServer {
     pub store: tempfile::TempDir,
     child: Option<Child>,
     config: ServerConfig,
-    /// Whether the server runs with the users of `nats/auth.conf`.
-    auth: bool,
 }
 
 impl NatsServer {
@@ -59,10 +67,7 @@ impl NatsServer {
     /// Starts a server with the per-role users of `nats/auth.conf` (passwords from
     /// [`NatsServer::password`]); [`NatsServer::client`] then connects as `provision`.
     pub async fn start_with_auth() -> Self {
-        let mut server = Self::new(ServerConfig::auth());
-        server.auth = true;
-        server.spawn().await;
-        server
+        Self::start_with(ServerConfig::auth()).await
     }
 
     /// Starts a server with extra config files and environment, and waits until JetStream is up.
@@ -74,13 +79,17 @@ impl NatsServer {
 
     fn new(config: ServerConfig) -> Self {
         Self {
-            port: free_port(),
-            monitor_port: free_port(),
+            port: config.port.unwrap_or_else(free_port),
+            monitor_port: config.monitor_port.unwrap_or_else(free_port),
             store: tempfile::tempdir().unwrap(),
             child: None,
             config,
-            auth: false,
         }
+    }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The test password of a role of `nats/auth.conf`.
@@ -144,7 +153,7 @@ impl NatsServer {
             .arg("-sd")
             .arg(self.store.path())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(self.log_target())
             .spawn()
             .expect("start nats-server");
         self.child = Some(child);
@@ -169,10 +178,21 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    fn log_target(&self) -> Stdio {
+        let file = self.config.log.as_ref().and_then(|path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .ok()
+        });
+        file.map_or_else(Stdio::null, Stdio::from)
+    }
+
     /// A client; on a server with users ([`Self::start_with_auth`]) it connects as `provision`,
     /// the role that may create the streams.
     pub async fn client(&self) -> async_nats::Client {
-        if self.auth {
+        if self.config.auth {
             return self.client_as("provision").await;
         }
         async_nats::connect(self.url()).await.unwrap()
@@ -214,8 +234,18 @@ impl NatsServer {
     /// at once; it shuts down and closes every connection (reaped on drop).
     pub fn sigterm(&self) {
         if let Some(c) = &self.child {
-            crate::stack::sigterm(c);
+            crate::tier::sigterm(c);
         }
+    }
+
+    /// SIGTERM, then waits for the exit at most `within` (SIGKILL past that); returns whether it
+    /// exited by itself.
+    pub async fn stop(&mut self, within: Duration) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        crate::tier::sigterm(&child);
+        exit_within(&mut child, within).await
     }
 
     /// Kills the server (SIGKILL), as a crash would.
@@ -231,6 +261,21 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Waits for `child` to exit, at most `within`; SIGKILLs it past that. Whether it exited by
+/// itself.
+pub async fn exit_within(child: &mut Child, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if child.try_wait().ok().flatten().is_some() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
 }
 
 /// Messages stored in `stream` now.

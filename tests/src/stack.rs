@@ -1,17 +1,30 @@
 //! The whole pipeline as real processes: nats-server, provisioning, ingress, preprocessor and
-//! gpu-worker, each on free ports, each waited for on its `/readyz`. Killed on drop. Each tier
-//! logs (at `CLOTHESLINE_TEST_LOG`, default `info`) to a file of its own, whose end is printed
-//! when a test fails with the tier still held; with `CLOTHESLINE_TEST_LOG` set, logs go to the
-//! test's stderr instead.
+//! gpu-worker, each on free ports (or the ports asked for), each waited for on its `/readyz`.
+//! Killed on drop. Each tier logs (at `CLOTHESLINE_TEST_LOG`, default `info`) to a file of its
+//! own, whose end is printed when a test fails with the tier still held; with
+//! `CLOTHESLINE_TEST_LOG` set, logs go to the test's stderr instead; with a log folder, to
+//! `<folder>/<tier>.log`. The same code starts the local stack of the scripts
+//! (`clothesline-stack up`, tests/stack/).
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use protocol::provision::{Topology, provision};
 
-use crate::nats::NatsServer;
-use crate::{free_port, paths, wait_until};
+use crate::nats::{NatsServer, ServerConfig};
+use crate::tier::{Launch, wait_ready};
+pub use crate::tier::{Tier, sigterm};
+use crate::{free_port, paths};
+
+/// Ports asked for (`None`: a free one): the first tier of each kind, and nats-server.
+#[derive(Debug, Clone, Default)]
+pub struct Ports {
+    pub ingress: Option<u16>,
+    pub preprocessor: Option<u16>,
+    pub worker: Option<u16>,
+    pub nats: Option<u16>,
+    pub nats_monitor: Option<u16>,
+}
 
 /// Options of a stack; `Default` is the shipped model on CPU.
 #[derive(Debug, Clone)]
@@ -33,6 +46,19 @@ pub struct StackOptions {
     pub extra_nats_urls: Vec<String>,
     /// Extra environment of every tier (e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`).
     pub env: Vec<(String, String)>,
+    /// The folder of the tiers' binaries.
+    pub bin_dir: PathBuf,
+    /// A folder for the logs (`<tier>.log`, kept); `None`: temp files (see the module's doc).
+    pub log_dir: Option<PathBuf>,
+    /// The tiers' `RUST_LOG`.
+    pub log_level: String,
+    /// The gpu-worker's `--device`.
+    pub device: String,
+    /// The address the ingress listens on (`0.0.0.0` to be reached from elsewhere).
+    pub ingress_host: String,
+    pub ports: Ports,
+    /// The streams, consumers and buckets provisioned.
+    pub topology: Topology,
 }
 
 impl Default for StackOptions {
@@ -47,250 +73,133 @@ impl Default for StackOptions {
             nats_auth: false,
             extra_nats_urls: vec![],
             env: vec![],
+            bin_dir: paths::bin_dir(),
+            log_dir: None,
+            log_level: std::env::var("CLOTHESLINE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            device: "cpu".into(),
+            ingress_host: "127.0.0.1".into(),
+            ports: Ports::default(),
+            topology: Topology::builtin(),
         }
     }
 }
 
-impl StackOptions {
-    /// The `NATS_URL` the tiers get: the extra URLs, then the server's, comma separated.
-    fn tier_nats_url(&self, nats: &NatsServer) -> String {
-        let mut urls = self.extra_nats_urls.clone();
-        urls.push(nats.url());
-        urls.join(",")
-    }
+/// A kind of tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Ingress,
+    Preprocessor,
+    Worker,
 }
 
-/// Lines of a tier's log printed when a test fails.
-const LOG_TAIL_LINES: usize = 40;
-
-/// A tier's process and the port of its HTTP endpoint (API or health/metrics).
-pub struct Tier {
-    pub name: String,
-    pub port: u16,
-    child: Child,
-    /// Its stderr, when not inherited.
-    log: Option<tempfile::NamedTempFile>,
-}
-
-impl Tier {
-    pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{}", self.port, path)
-    }
-
-    /// What it logged so far; `None` when its log goes to the test's stderr.
-    pub fn log_text(&self) -> Option<String> {
-        let log = self.log.as_ref()?;
-        std::fs::read_to_string(log.path()).ok()
-    }
-
-    /// Its process id (e.g. to read its memory from `/proc`).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGKILL, as a crash would.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, as Kubernetes sends on scale-in or a rollout; then waits for the process to exit,
-    /// at most `within` (it panics past that), and returns how it exited.
-    pub async fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
-        self.sigterm();
-        self.exited(within).await
-    }
-
-    /// Sends SIGTERM and returns at once (to stop several processes at the same moment).
-    pub fn sigterm(&self) {
-        sigterm(&self.child);
-    }
-
-    /// Waits for the process to exit, at most `within` (it panics past that), and returns how it
-    /// exited.
-    pub async fn exited(&mut self, within: Duration) -> std::process::ExitStatus {
-        let what = format!("{} to exit after SIGTERM", self.name);
-        let child = &mut self.child;
-        wait_until(&what, within, || {
-            let exited = child.try_wait().unwrap();
-            async move { exited }
-        })
-        .await
-    }
-}
-
-/// Sends SIGTERM to `child`.
-pub fn sigterm(child: &Child) {
-    let pid = child.id().to_string();
-    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(sent.success(), "kill -TERM {pid}");
-}
-
-impl Drop for Tier {
-    fn drop(&mut self) {
-        self.kill();
-        if !std::thread::panicking() {
-            return;
+impl Kind {
+    /// The name of its `i`th replica (its log file's name too).
+    pub fn name(self, i: usize) -> String {
+        match (self, i) {
+            (Self::Ingress, 0) => "ingress".into(),
+            (Self::Worker, 0) => "gpu-worker".into(),
+            (Self::Ingress, i) => format!("ingress-{i}"),
+            (Self::Worker, i) => format!("gpu-worker-{i}"),
+            (Self::Preprocessor, i) => format!("preprocessor-{i}"),
         }
-        let Some(log) = &self.log else { return };
-        let text = std::fs::read_to_string(log.path()).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
-        eprintln!(
-            "--- {} log, last {} of {} lines ---\n{}\n--- end of {} log ---",
-            self.name,
-            tail.len(),
-            lines.len(),
-            tail.join("\n"),
-            self.name
-        );
+    }
+
+    fn bin(self) -> &'static str {
+        match self {
+            Self::Ingress => "clothesline-ingress",
+            Self::Preprocessor => "clothesline-preprocessor",
+            Self::Worker => "clothesline-gpu-worker",
+        }
+    }
+
+    /// The NATS user of `nats/auth.conf` it connects as.
+    fn user(self) -> &'static str {
+        match self {
+            Self::Ingress => "ingress",
+            Self::Preprocessor => "preprocessor",
+            Self::Worker => "gpu-worker",
+        }
     }
 }
 
-pub struct Stack {
-    pub nats: NatsServer,
-    pub ingress: Tier,
-    pub preprocessors: Vec<Tier>,
-    pub worker: Tier,
+/// Starts tiers with a stack's options against NATS at a given URL (one server, or a cluster's
+/// list): every tier of [`Stack`] and [`Tiers`] is started here.
+pub struct Launcher {
+    pub opts: StackOptions,
+    pub nats_url: String,
     pub http: reqwest::Client,
-    opts: StackOptions,
 }
 
-fn spawn_worker(opts: &StackOptions, nats_url: &str, i: usize) -> Tier {
-    let port = free_port();
-    let mut args = vec![
-        "--manifest".into(),
-        opts.manifest.display().to_string(),
-        "--http-addr".into(),
-        format!("127.0.0.1:{port}"),
-        "--device".into(),
-        "cpu".into(),
-    ];
-    args.extend(opts.worker_args.iter().cloned());
-    let name = if i == 0 {
-        "gpu-worker".to_string()
-    } else {
-        format!("gpu-worker-{i}")
-    };
-    spawn(
-        &name,
-        "clothesline-gpu-worker",
-        port,
-        nats_url,
-        &tier_env(opts, "gpu-worker"),
-        &args,
-    )
-}
-
-fn spawn_ingress(opts: &StackOptions, nats_url: &str, i: usize) -> Tier {
-    let port = free_port();
-    let mut args = vec!["--http-addr".into(), format!("127.0.0.1:{port}")];
-    args.extend(opts.ingress_args.iter().cloned());
-    let name = if i == 0 {
-        "ingress".to_string()
-    } else {
-        format!("ingress-{i}")
-    };
-    spawn(
-        &name,
-        "clothesline-ingress",
-        port,
-        nats_url,
-        &tier_env(opts, "ingress"),
-        &args,
-    )
-}
-
-fn spawn_preprocessor(opts: &StackOptions, nats_url: &str, i: usize) -> Tier {
-    let port = free_port();
-    let mut args = vec![
-        "--manifest".into(),
-        opts.manifest.display().to_string(),
-        "--http-addr".into(),
-        format!("127.0.0.1:{port}"),
-    ];
-    if opts.allow_private {
-        args.push("--allow-private-addresses".into());
+impl Launcher {
+    /// `nats_url` is put after the options' extra URLs.
+    pub fn new(opts: StackOptions, nats_url: &str) -> Self {
+        let mut urls = opts.extra_nats_urls.clone();
+        urls.push(nats_url.to_string());
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap();
+        Self {
+            nats_url: urls.join(","),
+            opts,
+            http,
+        }
     }
-    args.extend(opts.preprocessor_args.iter().cloned());
-    spawn(
-        &format!("preprocessor-{i}"),
-        "clothesline-preprocessor",
-        port,
-        nats_url,
-        &tier_env(opts, "preprocessor"),
-        &args,
-    )
-}
 
-/// The environment of the tier that connects as `user`: its NATS user with per-role users,
-/// then the options' extra environment.
-fn tier_env(opts: &StackOptions, user: &str) -> Vec<(String, String)> {
-    let mut env = if opts.nats_auth {
-        NatsServer::tier_env(user)
-    } else {
-        vec![]
-    };
-    env.extend(opts.env.iter().cloned());
-    env
-}
-
-fn spawn(
-    name: &str,
-    bin: &str,
-    port: u16,
-    nats_url: &str,
-    env: &[(String, String)],
-    args: &[String],
-) -> Tier {
-    let level = std::env::var("CLOTHESLINE_TEST_LOG").unwrap_or_else(|_| "info".into());
-    let log = if std::env::var_os("CLOTHESLINE_TEST_LOG").is_some() {
-        None
-    } else {
-        tempfile::NamedTempFile::new().ok()
-    };
-    let stderr = match log.as_ref().and_then(|f| f.reopen().ok()) {
-        Some(file) => Stdio::from(file),
-        None if log.is_none() => Stdio::inherit(),
-        None => Stdio::null(),
-    };
-    let child = Command::new(paths::bin(bin))
-        .current_dir(paths::repo_root())
-        .env("NATS_URL", nats_url)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .env("RUST_LOG", level)
-        .env("NO_COLOR", "1")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(stderr)
+    /// Starts the `i`th replica of `kind`, and returns at once.
+    pub fn spawn(&self, kind: Kind, i: usize) -> Tier {
+        let o = &self.opts;
+        let asked = match kind {
+            Kind::Ingress => o.ports.ingress,
+            Kind::Preprocessor => o.ports.preprocessor,
+            Kind::Worker => o.ports.worker,
+        };
+        let port = asked.filter(|_| i == 0).unwrap_or_else(free_port);
+        let host = match kind {
+            Kind::Ingress => o.ingress_host.as_str(),
+            _ => "127.0.0.1",
+        };
+        let mut args = vec!["--http-addr".into(), format!("{host}:{port}")];
+        if kind != Kind::Ingress {
+            args.extend(["--manifest".into(), o.manifest.display().to_string()]);
+        }
+        let extra = match kind {
+            Kind::Ingress => &o.ingress_args,
+            Kind::Preprocessor => &o.preprocessor_args,
+            Kind::Worker => &o.worker_args,
+        };
+        match kind {
+            Kind::Worker => args.extend(["--device".into(), o.device.clone()]),
+            Kind::Preprocessor if o.allow_private => args.push("--allow-private-addresses".into()),
+            _ => {}
+        }
+        args.extend(extra.iter().cloned());
+        let mut env = if o.nats_auth {
+            NatsServer::tier_env(kind.user())
+        } else {
+            vec![]
+        };
+        env.extend(o.env.iter().cloned());
+        Launch {
+            name: kind.name(i),
+            bin: o.bin_dir.join(kind.bin()),
+            port,
+            nats_url: &self.nats_url,
+            env,
+            args,
+            level: &o.log_level,
+            log_dir: o.log_dir.as_deref(),
+            cwd: &paths::repo_root(),
+        }
         .spawn()
-        .unwrap_or_else(|e| panic!("start {bin}: {e}"));
-    Tier {
-        name: name.to_string(),
-        port,
-        child,
-        log,
     }
-}
 
-async fn wait_ready(http: &reqwest::Client, tier: &Tier) {
-    let url = tier.url("/readyz");
-    wait_until(
-        &format!("{} to be ready", tier.name),
-        Duration::from_secs(180),
-        || {
-            let (http, url) = (http.clone(), url.clone());
-            async move {
-                http.get(&url)
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-                    .map(|_| ())
-            }
-        },
-    )
-    .await;
+    /// Starts the `i`th replica of `kind` and waits until it is ready.
+    pub async fn start(&self, kind: Kind, i: usize) -> Tier {
+        let mut tier = self.spawn(kind, i);
+        wait_ready(&self.http, &mut tier).await;
+        tier
+    }
 }
 
 /// The three tiers as processes against NATS at a given URL (one server, or a cluster's list):
@@ -301,68 +210,90 @@ pub struct Tiers {
     pub preprocessors: Vec<Tier>,
     pub worker: Tier,
     pub http: reqwest::Client,
+    pub launcher: Launcher,
 }
 
 impl Tiers {
     /// Starts the gpu-worker, the preprocessors and the ingress against `nats_url` (streams
-    /// already provisioned) and waits until each is ready.
+    /// already provisioned) side by side, and waits until each is ready.
     pub async fn start(nats_url: &str, opts: &StackOptions) -> Self {
-        let worker = spawn_worker(opts, nats_url, 0);
-
-        let preprocessors = (0..opts.preprocessors)
-            .map(|i| spawn_preprocessor(opts, nats_url, i))
+        let launcher = Launcher::new(opts.clone(), nats_url);
+        let mut worker = launcher.spawn(Kind::Worker, 0);
+        let mut preprocessors = (0..opts.preprocessors)
+            .map(|i| launcher.spawn(Kind::Preprocessor, i))
             .collect::<Vec<_>>();
-
-        let ingress = spawn_ingress(opts, nats_url, 0);
-
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(120))
-            .build()
-            .unwrap();
-        wait_ready(&http, &ingress).await;
-        for p in &preprocessors {
+        let mut ingress = launcher.spawn(Kind::Ingress, 0);
+        let http = launcher.http.clone();
+        wait_ready(&http, &mut ingress).await;
+        for p in &mut preprocessors {
             wait_ready(&http, p).await;
         }
-        wait_ready(&http, &worker).await;
+        wait_ready(&http, &mut worker).await;
         Self {
             ingress,
             preprocessors,
             worker,
             http,
+            launcher,
         }
     }
 }
 
+pub struct Stack {
+    pub nats: NatsServer,
+    pub ingress: Tier,
+    pub preprocessors: Vec<Tier>,
+    pub worker: Tier,
+    pub http: reqwest::Client,
+    pub launcher: Launcher,
+}
+
 impl Stack {
     pub async fn start(opts: StackOptions) -> Self {
-        let nats = if opts.nats_auth {
-            NatsServer::start_with_auth().await
+        let mut config = if opts.nats_auth {
+            ServerConfig::auth()
         } else {
-            NatsServer::start().await
+            ServerConfig::default()
         };
+        config.port = opts.ports.nats;
+        config.monitor_port = opts.ports.nats_monitor;
+        config.log = opts.log_dir.as_ref().map(|d| d.join("nats.log"));
+        let nats = NatsServer::start_with(config).await;
         let js = async_nats::jetstream::new(nats.client().await);
-        provision(&js, &Topology::builtin()).await.unwrap();
+        provision(&js, &opts.topology).await.unwrap();
         let Tiers {
             ingress,
             preprocessors,
             worker,
             http,
-        } = Tiers::start(&opts.tier_nats_url(&nats), &opts).await;
+            launcher,
+        } = Tiers::start(&nats.url(), &opts).await;
         Self {
             nats,
             ingress,
             preprocessors,
             worker,
             http,
-            opts,
+            launcher,
         }
+    }
+
+    /// The server and the tiers, apart (to hold them with a cluster's the same way).
+    pub fn into_parts(self) -> (NatsServer, Tiers) {
+        let tiers = Tiers {
+            ingress: self.ingress,
+            preprocessors: self.preprocessors,
+            worker: self.worker,
+            http: self.http,
+            launcher: self.launcher,
+        };
+        (self.nats, tiers)
     }
 
     /// Starts one more preprocessor, with the stack's options, and waits until it is ready.
     pub async fn add_preprocessor(&mut self) -> &Tier {
         let i = self.preprocessors.len();
-        let tier = spawn_preprocessor(&self.opts, &self.opts.tier_nats_url(&self.nats), i);
-        wait_ready(&self.http, &tier).await;
+        let tier = self.launcher.start(Kind::Preprocessor, i).await;
         self.preprocessors.push(tier);
         &self.preprocessors[i]
     }
@@ -370,17 +301,13 @@ impl Stack {
     /// Starts another ingress (`i` names it), with the stack's options, and waits until it is
     /// ready; the caller holds it (SIGKILLed on drop).
     pub async fn add_ingress(&self, i: usize) -> Tier {
-        let tier = spawn_ingress(&self.opts, &self.opts.tier_nats_url(&self.nats), i);
-        wait_ready(&self.http, &tier).await;
-        tier
+        self.launcher.start(Kind::Ingress, i).await
     }
 
     /// Starts another gpu-worker, with the stack's options, and waits until it is ready; the
     /// caller holds it (SIGKILLed on drop).
     pub async fn add_worker(&self, i: usize) -> Tier {
-        let tier = spawn_worker(&self.opts, &self.opts.tier_nats_url(&self.nats), i);
-        wait_ready(&self.http, &tier).await;
-        tier
+        self.launcher.start(Kind::Worker, i).await
     }
 
     /// `POST /predict {"url": url}`: the status and the JSON body.
