@@ -101,8 +101,8 @@ sweep() {
   local saturated=0
   for rate in $RATES; do
     run "$prefix-open-$rate" "$@" --rate "$rate" --duration "${STEP_SECS}s"
-    if [ "$(json_field "$RESULTS/$prefix-open-$rate.json" \
-      'int(d["ok_throughput_rps"] < 0.9 * d["rate"] or d["errors"] > 0.01 * max(d["completed"], 1))')" = 1 ]; then
+    if jq -e '.ok_throughput_rps < 0.9 * .rate or .errors > 0.01 * ([.completed, 1] | max)' \
+      "$RESULTS/$prefix-open-$rate.json" >/dev/null; then
       saturated=$((saturated + 1))
       [ "$saturated" -ge 2 ] && break
     else
@@ -127,7 +127,7 @@ if [ "${BENCH_NATS:-1}" = 1 ]; then
   log "NATS service subject: probing"
   "$LOADTEST" run --target nats --nats-url "$NATS_URL" --images "$IMAGES" --requests 1 --timeout 10s \
     --no-progress --json "$RESULTS/nats-probe.json" >/dev/null || true
-  if [ -f "$RESULTS/nats-probe.json" ] && [ "$(json_field "$RESULTS/nats-probe.json" 'd["ok"]')" = 1 ]; then
+  if [ -f "$RESULTS/nats-probe.json" ] && [ "$(jq .ok "$RESULTS/nats-probe.json")" = 1 ]; then
     log "NATS (URLs), open loop"
     sweep nats --target nats
     log "NATS (URLs), closed loop"

@@ -21,8 +21,8 @@
 # Environment: BENCH_IMAGES (the validation split of CLOTHESLINE_DATASET, else of ../shared/...), BENCH_STEP_SECS (20), BENCH_WARMUP_SECS (3),
 # BENCH_CONCURRENCY (32: the null-model loops), BENCH_HOPS (200 requests), BENCH_BIN_BEFORE (a
 # folder of older release binaries: step 1 then runs them too, alternating, "before" and "after"
-# in one run; its one try so far stopped on its second fresh stack with "a process died", not
-# investigated yet: perhaps free_port handing out one port twice), BENCH_SKIP_MODEL (1: skip step 4), BENCH_KEEP (a folder for the raw results),
+# in one run; its one try so far stopped on its second fresh stack with "a process died", perhaps
+# a port handed out twice, which the stack launcher no longer does), BENCH_SKIP_MODEL (1: skip step 4), BENCH_KEEP (a folder for the raw results),
 # BENCH_BIN (binaries to use instead of building target/release; e.g. a dry run on debug ones).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,13 +44,13 @@ IMAGES=$(realpath "$IMAGES")
 LOADTEST="$BIN/clothesline-loadtest"
 PY="$TORCH_VENV/bin/python"
 AFTER_BIN="$BIN"
+STACK="$AFTER_BIN/clothesline-stack" # the launcher of this tree, whichever binaries it starts
 OUT=benchmarks/plumbing
 mkdir -p "$OUT"
-IMAGE_SERVER_PID=""
 MONOLITH_PID=""
 cleanup() {
   stop_all
-  for pid in $IMAGE_SERVER_PID $MONOLITH_PID; do kill -TERM "$pid" 2>/dev/null || true; done
+  [ -z "$MONOLITH_PID" ] || kill -TERM "$MONOLITH_PID" 2>/dev/null || true
 }
 trap cleanup EXIT
 
@@ -76,7 +76,7 @@ log "null model"
 NULL_DIR="$RESULTS/null-model"
 "$PY" scripts/null_model.py "$NULL_DIR" >/dev/null
 
-# The image list (relative paths) for the per-hop requests, and a plain HTTP server for them.
+# The image list (relative paths) for the per-hop requests (the stack serves them: SERVED_URL).
 (cd "$IMAGES" && find . -type f -name '*.jpg' | sed 's|^\./||' | sort) >"$RESULTS/images.txt"
 
 # metric_pair PORT NAME: a histogram's _sum and _count on a tier's /metrics.
@@ -87,7 +87,7 @@ stack_with() {
   export MODEL_MANIFEST="$1"
   BIN="$2"
   stack_start
-  boost "$NATS_PID" "$INGRESS_PID" "$PREPROCESSOR_PID" "$WORKER_PID"
+  boost "$NATS_PID" "$INGRESS_PID" "$PREPROCESSOR_PID" "$GPU_WORKER_PID"
 }
 
 # cpu_state WHEN: the processes' CPU seconds so far (the stack's four, or the monolith's processes
@@ -116,7 +116,7 @@ cpu_run() {
     --json "$RESULTS/$name.json" "$@" >"$LOG_DIR/$name.txt" 2>&1
   cpu_state after >>"$RESULTS/$name.cpu"
   local j="$RESULTS/$name.json"
-  log "$name: $(json_field "$j" 'round(d["ok_throughput_rps"], 1)') ok/s, p50 $(json_field "$j" 'd["latency_ms"]["p50"]') ms, errors $(json_field "$j" 'd["errors"]')"
+  log "$name: $(jq -r '"\(.ok_throughput_rps * 10 | round / 10) ok/s, p50 \(.latency_ms.p50) ms, errors \(.errors)"' "$j")"
 }
 
 # null_round TAG BIN_DIR: step 1 (and 2, 3 for the binaries of this tree) on a fresh stack.
@@ -174,14 +174,8 @@ profile() {
 
 # hops TAG: where the time of one request goes, at concurrency 1.
 hops() {
-  local port
-  port=$(free_port)
-  (cd "$IMAGES" && exec python3 -m http.server "$port" --bind 127.0.0.1) >"$LOG_DIR/image-server.log" 2>&1 &
-  IMAGE_SERVER_PID=$!
-  wait_ready image-server "http://127.0.0.1:$port/"
-  nice -n -10 python3 scripts/plumbing_hops.py "http://127.0.0.1:$INGRESS_PORT" "http://127.0.0.1:$port" \
+  nice -n -10 python3 scripts/plumbing_hops.py "http://127.0.0.1:$INGRESS_PORT" "${SERVED_URL%/}" \
     "$RESULTS/images.txt" "$HOPS" "$RESULTS/hops-$1.json" >/dev/null
-  kill -TERM "$IMAGE_SERVER_PID"; wait "$IMAGE_SERVER_PID" 2>/dev/null || true; IMAGE_SERVER_PID=""
 }
 
 # latency_runs TAG: `/predict` with URLs at concurrency 1, then 16, against $INGRESS_PORT.
@@ -210,7 +204,7 @@ start_monolith() {
     --chdir scripts/monolith -w "$(nproc)" --threads 2 -b "127.0.0.1:$MONOLITH_PORT" \
     --log-level warning app:app >"$LOG_DIR/monolith.log" 2>&1 &
   MONOLITH_PID=$!
-  wait_ready monolith "http://127.0.0.1:$MONOLITH_PORT/healthz"
+  wait_http "http://127.0.0.1:$MONOLITH_PORT/healthz" "$MONOLITH_PID"
 }
 
 # --- step 1-3: the null model -------------------------------------------------------------------

@@ -1,28 +1,29 @@
 # shellcheck shell=bash
-# The set-up shared by the benchmark scripts, and the local stack they run, on free ports: nats-server (its store in a temp folder),
-# provisioning, one gpu-worker, one preprocessor (allowed to fetch from 127.0.0.1) and one ingress,
-# each waited for on its readiness endpoint. Sourced by scripts/bench.sh and
-# scripts/bench_ingress.sh and scripts/chaos.sh.
+# The set-up shared by the benchmark scripts: the local stack is `clothesline-stack up` (the
+# integration harness's launcher, tests/stack/) on free ports: nats-server, provisioning, one
+# gpu-worker, one preprocessor (allowed to fetch from 127.0.0.1), one ingress, each waited for on
+# its readiness endpoint; the images folder served too. Sourced by the bench*.sh scripts.
 #
-#   bench_init TAG         RESULTS (BENCH_KEEP, else a new temp folder; reports of an earlier run
-#                          removed), LOG_DIR (its logs/), IMAGES (BENCH_IMAGES, else the validation
-#                          split), BIN (the release binaries), LOADTEST; `log` lines carry TAG
-#   log MESSAGE            a timestamped line on stderr
-#   json_field FILE EXPR   EXPR evaluated on FILE's JSON as `d`
-#   stack_start            start it; extra options per tier in the arrays WORKER_ARGS,
-#                          PREPROCESSOR_ARGS and INGRESS_ARGS, JetStream definitions from
-#                          DEFINITIONS (default: built in); sets NATS_URL, INGRESS_PORT,
-#                          PREPROCESSOR_PORT, GPU_WORKER_PORT and the *_PID variables
-#   start_nats, start_worker, start_preprocessor, start_ingress
-#                          (re)start one process on its ports (after a kill, say); returns
-#                          once it is ready
-#   stack_stop             stop every process started here (SIGTERM, then wait) and the store
-#   crash PID              SIGKILL one of them
-#   tier_cpu               CPU seconds so far of nats-server, ingress, preprocessor, gpu-worker
-#   metric PORT SAMPLE     a sample's value on a tier's /metrics (0 when absent)
-#   rss_kib PID            resident memory of a process, in KiB
+#   bench_init TAG   RESULTS (BENCH_KEEP, else a new temp folder; reports of an earlier run
+#                    removed), LOG_DIR (its logs/), IMAGES (BENCH_IMAGES, else the validation
+#                    split), BIN (the release binaries), LOADTEST; `log` lines carry TAG
+#   log MESSAGE      a timestamped line on stderr
+#   stack_start      start it; extra options per tier in the arrays WORKER_ARGS,
+#                    PREPROCESSOR_ARGS and INGRESS_ARGS, JetStream definitions from DEFINITIONS
+#                    (default: built in), the model from MODEL_MANIFEST, DEVICE (cpu); sets the
+#                    endpoints (tests/stack/endpoints.rs): NATS_URL, NATS_MONITOR_PORT,
+#                    INGRESS_PORT, PREPROCESSOR_PORT, GPU_WORKER_PORT, SERVED_URL, the *_PID
+#   stack_stop       SIGTERM to the launcher: it stops the tiers, then nats-server, each within
+#                    its grace, and exits
+#   stop_all         stack_stop, and SIGTERM to the processes in `pids`
+#   free_port        a free TCP port
+#   wait_http URL PID  until URL answers 2xx (exit 1 if PID dies first or after 3 minutes)
+#   tier_cpu         CPU seconds so far of nats-server, ingress, preprocessor, gpu-worker
+#   metric PORT SAMPLE  a sample's value on a tier's /metrics (0 when absent)
+#   rss_kib PID      resident memory of a process, in KiB
 
 pids=()
+STACK_PID=
 
 # The variables bench_init sets are used by the scripts that source this file.
 # shellcheck disable=SC2034
@@ -42,102 +43,59 @@ bench_init() {
 
 log() { printf '\033[1;35m[%s +%ds]\033[0m %s\n' "${BENCH_TAG:-bench}" "$SECONDS" "$*" >&2; }
 
-json_field() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {"d": d}))' "$@"; }
-
 declare -p WORKER_ARGS >/dev/null 2>&1 || WORKER_ARGS=()
 declare -p PREPROCESSOR_ARGS >/dev/null 2>&1 || PREPROCESSOR_ARGS=()
 declare -p INGRESS_ARGS >/dev/null 2>&1 || INGRESS_ARGS=()
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+free_port() { "${STACK:-$BIN/clothesline-stack}" ports 1; }
 
-# The tiers first, nats-server last (as a deployment drains): with everything SIGTERMed at once a
-# gpu-worker has hung past its grace period (issue #14), which would stall a benchmark.
+stack_start() {
+  local args=(up --bin-dir "$BIN" --endpoints "$RESULTS/stack.env" --log-dir "$LOG_DIR"
+    --log-level "${RUST_LOG:-warn}" --allow-private-addresses --serve "$IMAGES") a key value
+  [ -z "${DEFINITIONS:-}" ] || args+=(--definitions "$DEFINITIONS")
+  for a in "${WORKER_ARGS[@]}"; do args+=("--worker-arg=$a"); done
+  for a in "${PREPROCESSOR_ARGS[@]}"; do args+=("--preprocessor-arg=$a"); done
+  for a in "${INGRESS_ARGS[@]}"; do args+=("--ingress-arg=$a"); done
+  # It prints one line, `ready`, once every tier is; end of file if it failed.
+  rm -f "$RESULTS/stack.ready" && mkfifo "$RESULTS/stack.ready"
+  "${STACK:-$BIN/clothesline-stack}" "${args[@]}" >"$RESULTS/stack.ready" 2>>"$LOG_DIR/stack.log" &
+  STACK_PID=$!
+  read -r a <"$RESULTS/stack.ready" || a=failed
+  rm -f "$RESULTS/stack.ready"
+  if [ "$a" != ready ]; then
+    log "the stack did not start; logs in $LOG_DIR"; tail -n 20 "$LOG_DIR"/*.log >&2; exit 1
+  fi
+  while IFS='=' read -r key value; do printf -v "$key" '%s' "$value"; done <"$RESULTS/stack.env"
+  export NATS_URL
+  log "stack ready"
+}
+
+stack_stop() {
+  [ -n "$STACK_PID" ] || return 0
+  kill -TERM "$STACK_PID" 2>/dev/null || true
+  wait "$STACK_PID" 2>/dev/null || log "the stack did not stop cleanly; logs in $LOG_DIR"
+  STACK_PID=
+}
+
 stop_all() {
+  stack_stop
   local pid
-  for pid in "${pids[@]}"; do [ "$pid" = "${NATS_PID:-}" ] || kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do [ "$pid" = "${NATS_PID:-}" ] || wait "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   pids=()
 }
 
-# crash PID: SIGKILL, as a crash would; the process leaves the list `wait_ready` watches.
-crash() {
-  kill -KILL "$1" 2>/dev/null || true
-  wait "$1" 2>/dev/null || true
-  local kept=() pid
-  for pid in "${pids[@]}"; do [ "$pid" = "$1" ] || kept+=("$pid"); done
-  pids=("${kept[@]}")
-}
-
-wait_ready() { # name url
+wait_http() { # url pid
   for _ in $(seq 1 900); do
-    if curl -fsS -o /dev/null "$2" 2>/dev/null; then return 0; fi
-    for pid in "${pids[@]}"; do
-      kill -0 "$pid" 2>/dev/null || { log "a process died; logs in $LOG_DIR"; tail -n 20 "$LOG_DIR"/*.log; exit 1; }
-    done
+    if curl -fsS -o /dev/null "$1" 2>/dev/null; then return 0; fi
+    kill -0 "$2" 2>/dev/null || { log "the process behind $1 died; logs in $LOG_DIR"; exit 1; }
     sleep 0.2
   done
-  log "$1 not ready after 180 s; logs in $LOG_DIR"; exit 1
-}
-
-start_nats() {
-  local nats_server
-  nats_server="$(command -v nats-server || echo /usr/sbin/nats-server)"
-  "$nats_server" -c "$NATS_STORE/nats.conf" -js -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR_PORT" \
-    -sd "$NATS_STORE" >>"$LOG_DIR/nats.log" 2>&1 &
-  pids+=($!); NATS_PID=$!
-  wait_ready nats-server "http://127.0.0.1:$NATS_MONITOR_PORT/healthz?js-enabled-only=true"
-}
-
-launch_worker() {
-  "$BIN/clothesline-gpu-worker" --device "${DEVICE:-cpu}" --http-addr "127.0.0.1:$GPU_WORKER_PORT" \
-    "${WORKER_ARGS[@]}" >>"$LOG_DIR/gpu-worker.log" 2>&1 &
-  pids+=($!); WORKER_PID=$!
-}
-ready_worker() { wait_ready gpu-worker "http://127.0.0.1:$GPU_WORKER_PORT/readyz"; }
-start_worker() { launch_worker; ready_worker; }
-
-launch_preprocessor() {
-  "$BIN/clothesline-preprocessor" --http-addr "127.0.0.1:$PREPROCESSOR_PORT" --allow-private-addresses \
-    "${PREPROCESSOR_ARGS[@]}" >>"$LOG_DIR/preprocessor.log" 2>&1 &
-  pids+=($!); PREPROCESSOR_PID=$!
-}
-ready_preprocessor() { wait_ready preprocessor "http://127.0.0.1:$PREPROCESSOR_PORT/readyz"; }
-start_preprocessor() { launch_preprocessor; ready_preprocessor; }
-
-launch_ingress() {
-  "$BIN/clothesline-ingress" --http-addr "127.0.0.1:$INGRESS_PORT" "${INGRESS_ARGS[@]}" \
-    >>"$LOG_DIR/ingress.log" 2>&1 &
-  pids+=($!); INGRESS_PID=$!
-}
-ready_ingress() { wait_ready ingress "http://127.0.0.1:$INGRESS_PORT/readyz"; }
-start_ingress() { launch_ingress; ready_ingress; }
-
-stack_start() {
-  NATS_PORT=$(free_port); NATS_MONITOR_PORT=$(free_port)
-  INGRESS_PORT=$(free_port); PREPROCESSOR_PORT=$(free_port); GPU_WORKER_PORT=$(free_port)
-  export NATS_URL="nats://127.0.0.1:$NATS_PORT" RUST_LOG="${RUST_LOG:-warn}"
-  NATS_STORE=$(mktemp -d -t clothesline-bench-nats.XXXXXX)
-  # A one-line config, as the test harness does: max_payload (uploads need 8 MB) has no flag.
-  echo "max_payload: 8MB" >"$NATS_STORE/nats.conf"
-  start_nats
-  local definitions=()
-  [ -z "${DEFINITIONS:-}" ] || definitions=(--definitions "$DEFINITIONS")
-  "$BIN/clothesline-provision" "${definitions[@]}" >"$LOG_DIR/provision.log" 2>&1
-  # The three tiers start side by side (the worker loads its model meanwhile).
-  launch_worker; launch_preprocessor; launch_ingress
-  ready_worker; ready_preprocessor; ready_ingress
-  log "stack ready"
-}
-
-stack_stop() {
-  stop_all
-  rm -rf "$NATS_STORE"
+  log "$1 not ready after 180 s"; exit 1
 }
 
 tier_cpu() {
-  for pid in "$NATS_PID" "$INGRESS_PID" "$PREPROCESSOR_PID" "$WORKER_PID"; do
+  for pid in "$NATS_PID" "$INGRESS_PID" "$PREPROCESSOR_PID" "$GPU_WORKER_PID"; do
     awk '{printf "%s ", ($14 + $15) / 100}' "/proc/$pid/stat"
   done
   echo
