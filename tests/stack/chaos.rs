@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::Args;
 use clothesline_tests::cluster::leader_kills_and_rolling_restart;
 use clothesline_tests::files::FileServer;
@@ -56,7 +57,9 @@ fn image_paths(dir: &Path) -> anyhow::Result<Vec<String>> {
     let mut found = Vec::new();
     let mut folders = vec![dir.to_path_buf()];
     while let Some(folder) = folders.pop() {
-        for entry in std::fs::read_dir(&folder)? {
+        let entries =
+            std::fs::read_dir(&folder).with_context(|| format!("read {}", folder.display()))?;
+        for entry in entries {
             let path = entry?.path();
             if path.is_dir() {
                 folders.push(path);

@@ -154,6 +154,22 @@ pub fn markdown(setup: &Setup, events: &Events, s: &Summary) -> String {
         s.left,
         s.max_latency.as_secs_f64()
     );
+    let verdict = if s.clean() {
+        "**met**".to_string()
+    } else {
+        format!(
+            "**not met**: {} answers other than 200, {} lost, {:.0} duplicate replies, {} left",
+            s.non_200(),
+            s.lost,
+            s.duplicates,
+            s.left
+        )
+    };
+    let _ = writeln!(
+        out,
+        "\nTarget: every request answered 200 and none lost, no duplicate reply, the streams \
+         empty at the end: {verdict}."
+    );
     if let Some((first, last)) = s.not_ok_window {
         let _ = writeln!(
             out,
