@@ -33,19 +33,7 @@ cargo build --release --locked --workspace --bins
 
 # The OTLP sink: answers every export with 200 and an empty (valid) protobuf response.
 SINK_PORT=$(free_port)
-python3 - "$SINK_PORT" >"$LOG_DIR/sink.log" 2>&1 <<'PY' &
-import http.server, sys
-class Sink(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-    def log_message(self, *args):
-        pass
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()
-PY
+"$BIN/clothesline-stack" sink --addr "127.0.0.1:$SINK_PORT" >"$LOG_DIR/sink.log" 2>&1 &
 SINK_PID=$!
 
 proc_cpu() { awk '{printf "%s", ($14 + $15) / 100}' "/proc/$1/stat"; }
