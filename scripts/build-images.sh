@@ -41,7 +41,7 @@ log() { printf '\033[1;34m[images]\033[0m %s\n' "$*" >&2; }
 # tier -> the Cargo package and binary it ships.
 package_of() {
   case "$1" in
-    provision) echo clothesline-protocol ;;
+    provision) echo clothesline-tierkit ;;
     gpu-worker-cpu) echo clothesline-gpu-worker ;;
     *) echo "clothesline-$1" ;;
   esac

@@ -5,6 +5,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
+use protocol::names::HEADER_ERROR;
+// The deadline a caller asks the ingress for, over HTTP and over NATS.
+use protocol::names::HEADER_TIMEOUT_MS as NATS_HEADER_TIMEOUT_MS;
+use protocol::names::http::HEADER_TIMEOUT_MS as HTTP_HEADER_TIMEOUT_MS;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 
 use crate::answer;
@@ -116,11 +120,6 @@ pub struct Target {
     /// The deadline asked for, in ms, as a header value.
     deadline_ms: Option<String>,
 }
-
-const HEADER_ERROR: &str = "Clothesline-Error";
-/// The deadline a caller asks the ingress for, over HTTP and over NATS.
-const HTTP_HEADER_TIMEOUT_MS: &str = "X-Request-Timeout-Ms";
-const NATS_HEADER_TIMEOUT_MS: &str = "Clothesline-Timeout-Ms";
 
 impl Target {
     pub async fn new(
