@@ -22,7 +22,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use clothesline_tests::origin::{Origin, metric, metrics_text};
+use clothesline_tests::origin::{Origin, metric, metric_reaches, metrics_text};
 use clothesline_tests::stack::{Stack, StackOptions, Tier};
 use clothesline_tests::worker::{Worker, publish_tensor};
 use clothesline_tests::{paths, wait_until};
@@ -378,6 +378,11 @@ async fn a_gpu_worker_whose_grace_ends_mid_batch_hands_its_tensors_back() {
         },
     )
     .await;
+    // Held is not yet running: on a loaded machine SIGTERM could come between the pull and the
+    // batch's start, and the worker would hand everything back and exit 0. The batch has started
+    // once the engine has been given it (its size is observed then).
+    let http = reqwest::Client::new();
+    metric_reaches(&http, &first.url("/metrics"), "gpu_worker_batch_size_count", 1.0).await;
     clothesline_tests::stack::sigterm(&first.0);
     let child = &mut first.0;
     // It exits 1 ("grace period over with 1 batch(es) running"), with `_exit`: a normal exit ran
