@@ -255,7 +255,10 @@ impl Batcher {
         let (meta, meta_error) =
             match RequestMeta::from_headers(msg.headers.as_ref(), || fallback_id(&msg)) {
                 Ok(meta) => (meta, None),
-                Err(MalformedMeta { meta, error }) => (meta, Some(error)),
+                Err(bad) => {
+                    let MalformedMeta { meta, error } = *bad;
+                    (meta, Some(error))
+                }
             };
         // Tensors can be published straight onto the stream: this is the first tier to read
         // their reply subject.

@@ -136,7 +136,10 @@ fn tensor_msg_id(meta: &RequestMeta, delivery: Delivery) -> String {
 fn read_meta(headers: Option<&HeaderMap>, sequence: u64) -> (RequestMeta, Option<Error>) {
     match RequestMeta::from_headers(headers, || fallback_request_id(REQUESTS_STREAM, sequence)) {
         Ok(meta) => (meta, None),
-        Err(MalformedMeta { meta, error }) => (meta, Some(error)),
+        Err(bad) => {
+            let MalformedMeta { meta, error } = *bad;
+            (meta, Some(error))
+        }
     }
 }
 

@@ -220,7 +220,7 @@ impl RequestMeta {
     pub fn from_headers(
         headers: Option<&HeaderMap>,
         fallback_id: impl FnOnce() -> String,
-    ) -> Result<Self, MalformedMeta> {
+    ) -> Result<Self, Box<MalformedMeta>> {
         let get = |name: &str| {
             headers
                 .and_then(|h| h.get(name))
@@ -242,7 +242,7 @@ impl RequestMeta {
                 meta.deadline = deadline;
                 Ok(meta)
             }
-            Err(error) => Err(MalformedMeta { meta, error }),
+            Err(error) => Err(Box::new(MalformedMeta { meta, error })),
         }
     }
 

@@ -382,7 +382,13 @@ async fn a_gpu_worker_whose_grace_ends_mid_batch_hands_its_tensors_back() {
     // batch's start, and the worker would hand everything back and exit 0. The batch has started
     // once the engine has been given it (its size is observed then).
     let http = reqwest::Client::new();
-    metric_reaches(&http, &first.url("/metrics"), "gpu_worker_batch_size_count", 1.0).await;
+    metric_reaches(
+        &http,
+        &first.url("/metrics"),
+        "gpu_worker_batch_size_count",
+        1.0,
+    )
+    .await;
     clothesline_tests::stack::sigterm(&first.0);
     let child = &mut first.0;
     // It exits 1 ("grace period over with 1 batch(es) running"), with `_exit`: a normal exit ran
