@@ -66,3 +66,61 @@ pub fn section(args: &SectionArgs) -> anyhow::Result<()> {
     eprintln!("{}: section {} updated", args.doc.display(), args.name);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn read(path: &Path) -> String {
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn pipeline_writes_the_chart_and_the_markdown_that_links_it() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let results = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/reports/pipeline");
+        let chart = dir.path().join("charts/pipeline.svg");
+        let out = dir.path().join("section.md");
+        let common = ReportArgs {
+            results,
+            out: Some(out.clone()),
+        };
+        report(ReportCommand::Pipeline {
+            common,
+            chart: chart.clone(),
+        })
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        let md = read(&out);
+        assert!(md.contains(&format!("]({})\n", chart.display())), "{md}");
+        assert!(read(&chart).starts_with("<svg"));
+        let missing = ReportArgs {
+            results: dir.path().join("none"),
+            out: None,
+        };
+        assert!(report(ReportCommand::Ingress(missing)).is_err());
+    }
+
+    #[test]
+    fn section_from_a_file() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (doc, file) = (dir.path().join("DOC.md"), dir.path().join("new.md"));
+        std::fs::write(&doc, "# D\n<!-- BEGIN s -->\nold\n<!-- END s -->\nrest\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&file, "\nnew\n\n").unwrap_or_else(|e| panic!("{e}"));
+        let args = |name: &str| SectionArgs {
+            name: name.into(),
+            file: file.clone(),
+            doc: doc.clone(),
+            append: false,
+        };
+        section(&args("s")).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(
+            read(&doc),
+            "# D\n<!-- BEGIN s -->\nnew\n<!-- END s -->\nrest\n"
+        );
+        let e = section(&args("t")).err().map(|e| format!("{e:#}"));
+        assert!(e.is_some_and(|e| e.contains("no section t")));
+    }
+}
