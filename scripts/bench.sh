@@ -127,7 +127,7 @@ if [ "${BENCH_NATS:-1}" = 1 ]; then
   log "NATS service subject: probing"
   "$LOADTEST" run --target nats --nats-url "$NATS_URL" --images "$IMAGES" --requests 1 --timeout 10s \
     --no-progress --json "$RESULTS/nats-probe.json" >/dev/null || true
-  if [ -f "$RESULTS/nats-probe.json" ] && jq -e '.ok == 1' "$RESULTS/nats-probe.json" >/dev/null; then
+  if [ -f "$RESULTS/nats-probe.json" ] && [ "$(jq .ok "$RESULTS/nats-probe.json")" = 1 ]; then
     log "NATS (URLs), open loop"
     sweep nats --target nats
     log "NATS (URLs), closed loop"

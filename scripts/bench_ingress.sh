@@ -78,13 +78,10 @@ sample_rss() {
   while kill -0 "$1" 2>/dev/null; do rss_kib "$1" >>"$2"; sleep 0.5; done
 }
 
-# times N: N times the capacity, rounded.
-times() { jq "$1 * .ok_throughput_rps | round" "$RESULTS/capacity.json"; }
-
 # overload NAME: ten times the capacity, then recovery runs at 10/s.
 overload() {
   local name=$1 rate
-  rate=$(times 10)
+  rate=$(jq -n "10 * $CAPACITY | round")
   rss_kib "$INGRESS_PID" >"$RESULTS/$name-rss-before.txt"
   sample_rss "$INGRESS_PID" "$RESULTS/$name-rss.txt" &
   local sampler=$!
@@ -112,7 +109,7 @@ overload overload-default
 stack_stop
 
 log "3/4 overload again, in-flight bound sized to the capacity (3 s of work)"
-INFLIGHT=$(jq '[8, (3 * .ok_throughput_rps | round)] | max' "$RESULTS/capacity.json")
+INFLIGHT=$(jq -n "[8, (3 * $CAPACITY | round)] | max")
 echo "$INFLIGHT" >"$RESULTS/inflight-sized.txt"
 INGRESS_ARGS=(--max-inflight "$INFLIGHT")
 stack_start
@@ -125,7 +122,7 @@ for honor in true false; do
   WORKER_ARGS=(--honor-cancellations "$honor")
   PREPROCESSOR_ARGS=(--honor-cancellations "$honor")
   stack_start
-  rate=$(times 2)
+  rate=$(jq -n "2 * $CAPACITY | round")
   run "cancel-$honor" --target predict --rate "$rate" --duration "${OVERLOAD_SECS}s" --timeout 3s
   drained
   counters "cancel-$honor"

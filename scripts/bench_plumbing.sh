@@ -111,8 +111,8 @@ cpu_run() {
     --warmup 0s --duration "${STEP_SECS}s" --no-progress --label "$name" \
     --json "$RESULTS/$name.json" "$@" >"$LOG_DIR/$name.txt" 2>&1
   cpu_state after >>"$RESULTS/$name.cpu"
-  log "$name: $(jq -r '"\(.ok_throughput_rps * 10 | round / 10) ok/s, p50 \(.latency_ms.p50) ms, errors \(.errors)"' \
-    "$RESULTS/$name.json")"
+  local j="$RESULTS/$name.json"
+  log "$name: $(jq -r '"\(.ok_throughput_rps * 10 | round / 10) ok/s, p50 \(.latency_ms.p50) ms, errors \(.errors)"' "$j")"
 }
 
 # null_round TAG BIN_DIR: step 1 (and 2, 3 for the binaries of this tree) on a fresh stack.
