@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
+use protocol::ModelRef;
 use protocol::manifest::{InputSpec, Manifest};
-use protocol::messages::ModelRef;
 
 use crate::engine::{Engine, EngineInfo};
 

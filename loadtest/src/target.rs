@@ -5,6 +5,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
+use protocol::names::HEADER_ERROR;
+// The deadline a caller asks the ingress for, over HTTP and over NATS.
+use protocol::names::HEADER_TIMEOUT_MS as NATS_HEADER_TIMEOUT_MS;
+use protocol::names::http::HEADER_TIMEOUT_MS as HTTP_HEADER_TIMEOUT_MS;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 
 use crate::answer;
@@ -121,11 +125,6 @@ pub struct Target {
     /// Read each successful answer's `timings`.
     timings: bool,
 }
-
-const HEADER_ERROR: &str = "Clothesline-Error";
-/// The deadline a caller asks the ingress for, over HTTP and over NATS.
-const HTTP_HEADER_TIMEOUT_MS: &str = "X-Request-Timeout-Ms";
-const NATS_HEADER_TIMEOUT_MS: &str = "Clothesline-Timeout-Ms";
 
 impl Target {
     pub async fn new(

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use protocol::provision::{Topology, provision};
+use tierkit::provision::{Topology, provision};
 
 use crate::nats::NatsServer;
 use crate::{free_port, paths, wait_until};

@@ -35,8 +35,8 @@ use anyhow::{Context, ensure};
 use clap::Parser;
 use clothesline_gpu_worker::{Config, DeviceChoice, Model};
 use protocol::Manifest;
-use protocol::runtime::NatsArgs;
 use tch::Device;
+use tierkit::runtime::NatsArgs;
 
 use crate::inprocess::{Plan, Throughput};
 use crate::report::{Report, Round};
@@ -145,7 +145,7 @@ fn main() -> anyhow::Result<()> {
         client.flush().await?;
         let js = async_nats::jetstream::new(client);
         let topology = stream::topology(n, manifest.input_len(), args.memory_storage);
-        protocol::provision::provision(&js, &topology).await?;
+        tierkit::provision::provision(&js, &topology).await?;
         anyhow::Ok((js, replies))
     })?;
 

@@ -13,9 +13,10 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use clothesline_protocol::Manifest;
-use clothesline_protocol::models::{MODELS_BUCKET, Policy, Registry};
-use clothesline_protocol::runtime::{LogArgs, NatsArgs};
+use protocol::Manifest;
+use protocol::models::{MODELS_BUCKET, Policy};
+use tierkit::models::Registry;
+use tierkit::runtime::{LogArgs, NatsArgs};
 
 #[derive(Debug, Parser)]
 #[command(

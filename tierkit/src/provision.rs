@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull, kv, stream};
 use tokio_util::sync::CancellationToken;
 
-use crate::names::*;
+use protocol::names::*;
 
 /// The declared topology: the stream, consumer and bucket configs.
 #[derive(Debug, Clone)]
@@ -227,7 +227,7 @@ pub async fn provision(js: &jetstream::Context, topology: &Topology) -> Result<(
     crate::models::Registry::create(js, topology.requests.num_replicas)
         .await
         .map_err(|e| ProvisionError::Stream {
-            name: crate::models::MODELS_BUCKET.into(),
+            name: protocol::models::MODELS_BUCKET.into(),
             source: e.into(),
         })?;
     provision_queues(js, topology).await?;

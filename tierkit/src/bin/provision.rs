@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use clothesline_protocol::provision::{Topology, provision};
-use clothesline_protocol::runtime::{LogArgs, NatsArgs};
+use tierkit::provision::{Topology, provision};
+use tierkit::runtime::{LogArgs, NatsArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,7 +26,7 @@ struct Args {
     replicas: usize,
     /// How long the answer to a request with a caller's id (`X-Request-Id`) is kept, in
     /// seconds: a retry with that id within it gets the same answer without a second inference.
-    #[arg(long, env = "IDEMPOTENCY_WINDOW_SECS", default_value_t = clothesline_protocol::provision::DEFAULT_IDEMPOTENCY_WINDOW.as_secs())]
+    #[arg(long, env = "IDEMPOTENCY_WINDOW_SECS", default_value_t = tierkit::provision::DEFAULT_IDEMPOTENCY_WINDOW.as_secs())]
     idempotency_window_secs: u64,
     /// Give up after this many seconds without a NATS connection.
     #[arg(long, env = "PROVISION_TIMEOUT_SECS", default_value_t = 60)]
