@@ -9,7 +9,8 @@
 #      (the ingress's service subject, when it answers), on a local stack started here on its own
 #      ports with the images served by the load generator on 127.0.0.1;
 # then writes the `pipeline` section of BENCHMARKS.md (tables, machine, load average, the ratio
-# pipeline throughput at saturation / in-process ceiling) and benchmarks/pipeline.png.
+# pipeline throughput at saturation / in-process ceiling) and benchmarks/pipeline.svg, with
+# `clothesline-loadtest report pipeline` and `section`.
 #
 # Environment: BENCH_IMAGES (../shared/datasets/clothing-dataset-small/validation),
 # BENCH_RATES ("10 20 30 40 50 60 80"), BENCH_STEP_SECS (12), BENCH_WARMUP_SECS (3),
@@ -30,7 +31,6 @@ WARMUP_SECS="${BENCH_WARMUP_SECS:-3}"
 CONCURRENCY="${BENCH_CONCURRENCY:-16}"
 DEVICE="${DEVICE:-cpu}"
 mkdir -p benchmarks
-PY="$TORCH_VENV/bin/python"
 
 started=$(date +%s)
 {
@@ -101,8 +101,8 @@ sweep() {
   local saturated=0
   for rate in $RATES; do
     run "$prefix-open-$rate" "$@" --rate "$rate" --duration "${STEP_SECS}s"
-    if [ "$(json_field "$RESULTS/$prefix-open-$rate.json" \
-      'int(d["ok_throughput_rps"] < 0.9 * d["rate"] or d["errors"] > 0.01 * max(d["completed"], 1))')" = 1 ]; then
+    if jq -e '.ok_throughput_rps < 0.9 * .rate or .errors > 0.01 * ([.completed, 1] | max)' \
+      "$RESULTS/$prefix-open-$rate.json" >/dev/null; then
       saturated=$((saturated + 1))
       [ "$saturated" -ge 2 ] && break
     else
@@ -127,7 +127,7 @@ if [ "${BENCH_NATS:-1}" = 1 ]; then
   log "NATS service subject: probing"
   "$LOADTEST" run --target nats --nats-url "$NATS_URL" --images "$IMAGES" --requests 1 --timeout 10s \
     --no-progress --json "$RESULTS/nats-probe.json" >/dev/null || true
-  if [ -f "$RESULTS/nats-probe.json" ] && [ "$(json_field "$RESULTS/nats-probe.json" 'd["ok"]')" = 1 ]; then
+  if [ -f "$RESULTS/nats-probe.json" ] && [ "$(jq .ok "$RESULTS/nats-probe.json")" = 1 ]; then
     log "NATS (URLs), open loop"
     sweep nats --target nats
     log "NATS (URLs), closed loop"
@@ -143,7 +143,7 @@ model_bench "$RESULTS/model_bench_after.txt"
 echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RESULTS/machine.txt"
 echo "duration_s=$(($(date +%s) - started))" >>"$RESULTS/machine.txt"
 
-log "writing benchmarks/pipeline.png and the pipeline section of BENCHMARKS.md"
-"$PY" scripts/plot_bench.py "$RESULTS" --png benchmarks/pipeline.png --markdown "$RESULTS/section.md"
-python3 scripts/bench_section.py pipeline "$RESULTS/section.md"
+log "writing benchmarks/pipeline.svg and the pipeline section of BENCHMARKS.md"
+"$LOADTEST" report pipeline "$RESULTS" --chart benchmarks/pipeline.svg --out "$RESULTS/section.md"
+"$LOADTEST" section pipeline "$RESULTS/section.md"
 log "done in $(($(date +%s) - started)) s; raw results in $RESULTS"

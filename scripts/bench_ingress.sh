@@ -10,7 +10,7 @@
 #   4. cancellation: twice the capacity with callers that give up after a few seconds, with the
 #      workers honouring cancellations and ignoring them (--honor-cancellations false): the work
 #      each tier did for callers who were gone, counted from the tiers' metrics once drained.
-# Writes the `ingress` section of BENCHMARKS.md.
+# Writes the `ingress` section of BENCHMARKS.md (`clothesline-loadtest report ingress`, `section`).
 #
 # Environment: BENCH_IMAGES (../shared/datasets/clothing-dataset-small/validation), BENCH_KEEP
 # (a folder for the raw results), DEVICE (cpu), BENCH_OVERLOAD_SECS (30), BENCH_LATENCY_ROUNDS (4).
@@ -49,11 +49,9 @@ run() {
 # drained: until both consumers have nothing pending or unacknowledged (at most 3 minutes).
 drained() {
   for _ in $(seq 1 900); do
-    if curl -fsS "http://127.0.0.1:$NATS_MONITOR_PORT/jsz?consumers=true" | python3 -c '
-import json, sys
-d = json.load(sys.stdin)
-cs = [c for a in d.get("account_details", []) for s in a.get("stream_detail", []) for c in s.get("consumer_detail", [])]
-sys.exit(0 if cs and all(c["num_pending"] == 0 and c["num_ack_pending"] == 0 for c in cs) else 1)'; then
+    if curl -fsS "http://127.0.0.1:$NATS_MONITOR_PORT/jsz?consumers=true" | jq -e '
+      [.account_details[]?.stream_detail[]?.consumer_detail[]?]
+      | length > 0 and all(.num_pending == 0 and .num_ack_pending == 0)' >/dev/null; then
       return 0
     fi
     sleep 0.2
@@ -83,7 +81,7 @@ sample_rss() {
 # overload NAME: ten times the capacity, then recovery runs at 10/s.
 overload() {
   local name=$1 rate
-  rate=$(python3 -c "print(round(10 * $CAPACITY))")
+  rate=$(jq -n "10 * $CAPACITY | round")
   rss_kib "$INGRESS_PID" >"$RESULTS/$name-rss-before.txt"
   sample_rss "$INGRESS_PID" "$RESULTS/$name-rss.txt" &
   local sampler=$!
@@ -99,7 +97,7 @@ overload() {
 log "1/4 capacity and 2/4 added latency (default stack)"
 stack_start
 run capacity --target predict --concurrency 16 --duration 15s --warmup 3s
-CAPACITY=$(json_field "$RESULTS/capacity.json" 'd["ok_throughput_rps"]')
+CAPACITY=$(jq .ok_throughput_rps "$RESULTS/capacity.json")
 log "capacity: $CAPACITY answers/s"
 for r in $(seq 1 "$ROUNDS"); do
   run "latency-http-$r" --target predict --rate 5 --duration 20s --warmup 2s
@@ -111,7 +109,7 @@ overload overload-default
 stack_stop
 
 log "3/4 overload again, in-flight bound sized to the capacity (3 s of work)"
-INFLIGHT=$(python3 -c "print(max(8, round(3 * $CAPACITY)))")
+INFLIGHT=$(jq -n "[8, (3 * $CAPACITY | round)] | max")
 echo "$INFLIGHT" >"$RESULTS/inflight-sized.txt"
 INGRESS_ARGS=(--max-inflight "$INFLIGHT")
 stack_start
@@ -124,7 +122,7 @@ for honor in true false; do
   WORKER_ARGS=(--honor-cancellations "$honor")
   PREPROCESSOR_ARGS=(--honor-cancellations "$honor")
   stack_start
-  rate=$(python3 -c "print(round(2 * $CAPACITY))")
+  rate=$(jq -n "2 * $CAPACITY | round")
   run "cancel-$honor" --target predict --rate "$rate" --duration "${OVERLOAD_SECS}s" --timeout 3s
   drained
   counters "cancel-$honor"
@@ -134,6 +132,6 @@ done
 echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RESULTS/machine.txt"
 echo "duration_s=$SECONDS" >>"$RESULTS/machine.txt"
 log "writing the ingress section of BENCHMARKS.md"
-python3 scripts/ingress_report.py "$RESULTS" >"$RESULTS/section.md"
-python3 scripts/bench_section.py ingress "$RESULTS/section.md"
+"$LOADTEST" report ingress "$RESULTS" --out "$RESULTS/section.md"
+"$LOADTEST" section ingress "$RESULTS/section.md"
 log "done in $SECONDS s; raw results in $RESULTS"

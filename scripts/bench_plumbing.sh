@@ -9,13 +9,13 @@
 #      time per image (its /metrics histograms) over the same run;
 #   2. `perf` top frames of the preprocessor and of nats-server under that load (URLs), written to
 #      benchmarks/plumbing/ (a run of its own, so perf's cost is not in the figures of 1);
-#   3. where the time of one request goes at concurrency 1 (scripts/plumbing_hops.py: each tier's
-#      `timings`, the rest is the ingress, the NATS hops and HTTP);
+#   3. where the time of one request goes at concurrency 1 (`clothesline-loadtest run --timings`:
+#      the medians of each tier's `timings`, the rest is the ingress, the NATS hops and HTTP);
 #   4. the shipped model: the pipeline (and the pipeline with `--dispatch-when-idle false`, the
 #      batcher as it was) against the monolith (scripts/monolith: Flask + gunicorn, PIL, the same
 #      TorchScript in process; Flask and gunicorn from PyPI into a venv of its own beside the
 #      torch venv), `/predict` with URLs at concurrency 1 (p50) and 16 (throughput, p99);
-# then writes the `plumbing` section of BENCHMARKS.md.
+# then writes the `plumbing` section of BENCHMARKS.md (`clothesline-loadtest report plumbing`).
 #
 # Every measured process runs at nice -10 when this runs as root (the machine is shared).
 # Environment: BENCH_IMAGES (the validation split of CLOTHESLINE_DATASET, else of ../shared/...), BENCH_STEP_SECS (20), BENCH_WARMUP_SECS (3),
@@ -46,11 +46,10 @@ PY="$TORCH_VENV/bin/python"
 AFTER_BIN="$BIN"
 OUT=benchmarks/plumbing
 mkdir -p "$OUT"
-IMAGE_SERVER_PID=""
 MONOLITH_PID=""
 cleanup() {
   stop_all
-  for pid in $IMAGE_SERVER_PID $MONOLITH_PID; do kill -TERM "$pid" 2>/dev/null || true; done
+  [ -z "$MONOLITH_PID" ] || kill -TERM "$MONOLITH_PID" 2>/dev/null || true
 }
 trap cleanup EXIT
 
@@ -75,9 +74,6 @@ fi
 log "null model"
 NULL_DIR="$RESULTS/null-model"
 "$PY" scripts/null_model.py "$NULL_DIR" >/dev/null
-
-# The image list (relative paths) for the per-hop requests, and a plain HTTP server for them.
-(cd "$IMAGES" && find . -type f -name '*.jpg' | sed 's|^\./||' | sort) >"$RESULTS/images.txt"
 
 # metric_pair PORT NAME: a histogram's _sum and _count on a tier's /metrics.
 metric_pair() { echo "$(metric "$1" "$2_sum") $(metric "$1" "$2_count")"; }
@@ -116,7 +112,7 @@ cpu_run() {
     --json "$RESULTS/$name.json" "$@" >"$LOG_DIR/$name.txt" 2>&1
   cpu_state after >>"$RESULTS/$name.cpu"
   local j="$RESULTS/$name.json"
-  log "$name: $(json_field "$j" 'round(d["ok_throughput_rps"], 1)') ok/s, p50 $(json_field "$j" 'd["latency_ms"]["p50"]') ms, errors $(json_field "$j" 'd["errors"]')"
+  log "$name: $(jq -r '"\(.ok_throughput_rps * 10 | round / 10) ok/s, p50 \(.latency_ms.p50) ms, errors \(.errors)"' "$j")"
 }
 
 # null_round TAG BIN_DIR: step 1 (and 2, 3 for the binaries of this tree) on a fresh stack.
@@ -172,16 +168,12 @@ profile() {
   log "profiles in $OUT/"
 }
 
-# hops TAG: where the time of one request goes, at concurrency 1.
+# hops TAG: where the time of one request goes, at concurrency 1 (`POST /v1/classify` with URLs;
+# the medians of the answers' `timings` in hops-TAG.json).
 hops() {
-  local port
-  port=$(free_port)
-  (cd "$IMAGES" && exec python3 -m http.server "$port" --bind 127.0.0.1) >"$LOG_DIR/image-server.log" 2>&1 &
-  IMAGE_SERVER_PID=$!
-  wait_ready image-server "http://127.0.0.1:$port/"
-  nice -n -10 python3 scripts/plumbing_hops.py "http://127.0.0.1:$INGRESS_PORT" "http://127.0.0.1:$port" \
-    "$RESULTS/images.txt" "$HOPS" "$RESULTS/hops-$1.json" >/dev/null
-  kill -TERM "$IMAGE_SERVER_PID"; wait "$IMAGE_SERVER_PID" 2>/dev/null || true; IMAGE_SERVER_PID=""
+  nice -n -10 "$LOADTEST" run --ingress "http://127.0.0.1:$INGRESS_PORT" --images "$IMAGES" \
+    --target classify --concurrency 1 --requests "$HOPS" --timings --no-progress --label "hops-$1" \
+    --json "$RESULTS/hops-$1.json" >"$LOG_DIR/hops-$1.txt" 2>&1
 }
 
 # latency_runs TAG: `/predict` with URLs at concurrency 1, then 16, against $INGRESS_PORT.
@@ -247,7 +239,7 @@ fi
 
 echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RESULTS/machine.txt"
 echo "secs=$SECONDS" >>"$RESULTS/machine.txt"
-python3 scripts/plumbing_report.py "$RESULTS" >"$RESULTS/section.md"
+"$LOADTEST" report plumbing "$RESULTS" --out "$RESULTS/section.md"
 cat "$RESULTS/section.md"
-python3 scripts/bench_section.py plumbing "$RESULTS/section.md"
+"$LOADTEST" section plumbing "$RESULTS/section.md"
 log "done in ${SECONDS}s; raw results in $RESULTS"

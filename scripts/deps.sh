@@ -22,7 +22,7 @@ sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 # cmake and nasm build libjpeg-turbo (turbojpeg-sys); chromium and its chromedriver run the web
 # page's test (tests/tests/ui.rs).
 missing=()
-for tool in cmake:cmake nasm:nasm chromium:chromium chromedriver:chromium-driver; do
+for tool in cmake:cmake nasm:nasm jq:jq chromium:chromium chromedriver:chromium-driver; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${tool%%:*}" ] || missing+=("${tool##*:}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -77,7 +77,7 @@ pub struct Args {
     /// Also write the markdown report to this file.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Also write the report into this section of BENCHMARKS.md (scripts/bench_section.py).
+    /// Also write the report into this section of BENCHMARKS.md (`clothesline-loadtest section`).
     #[arg(long)]
     section: Option<String>,
 }
