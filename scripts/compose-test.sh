@@ -45,7 +45,7 @@ if [ -z "${SKIP_BUILD:-}" ]; then
   scripts/base-images.sh runtime nats
   HOST_PROFILE="$HOST_PROFILE" LOCAL_BASE=1 BUILD=host EXTRA_TAG=dev \
     scripts/build-images.sh provision ingress preprocessor gpu-worker-cpu
-  cargo build --locked --profile "$HOST_PROFILE" -p clothesline-loadtest
+  cargo build --locked --profile "$HOST_PROFILE" --workspace --bin clothesline-loadtest
 fi
 dataset_sample "$WORK/images" 2
 first="$(cd "$WORK/images" && find . -name '*.jpg' | sort | sed -n 1p)"
