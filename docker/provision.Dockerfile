@@ -33,9 +33,9 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
-RUN cargo chef cook --release --locked -p clothesline-protocol --bin clothesline-provision --recipe-path recipe.json
+RUN cargo chef cook --release --locked -p clothesline-tierkit --bin clothesline-provision --recipe-path recipe.json
 COPY . .
-RUN cargo build --release --locked -p clothesline-protocol --bin clothesline-provision --bin clothesline-model
+RUN cargo build --release --locked -p clothesline-tierkit --bin clothesline-provision --bin clothesline-model
 
 FROM runtime
 COPY --from=builder /src/target/release/clothesline-provision /usr/local/bin/clothesline-provision

@@ -9,7 +9,8 @@
 #      (the ingress's service subject, when it answers), on a local stack started here on its own
 #      ports with the images served by the load generator on 127.0.0.1;
 # then writes the `pipeline` section of BENCHMARKS.md (tables, machine, load average, the ratio
-# pipeline throughput at saturation / in-process ceiling) and benchmarks/pipeline.png.
+# pipeline throughput at saturation / in-process ceiling) and benchmarks/pipeline.svg, with
+# `clothesline-loadtest report pipeline` and `section`.
 #
 # Environment: BENCH_IMAGES (../shared/datasets/clothing-dataset-small/validation),
 # BENCH_RATES ("10 20 30 40 50 60 80"), BENCH_STEP_SECS (12), BENCH_WARMUP_SECS (3),
@@ -30,7 +31,6 @@ WARMUP_SECS="${BENCH_WARMUP_SECS:-3}"
 CONCURRENCY="${BENCH_CONCURRENCY:-16}"
 DEVICE="${DEVICE:-cpu}"
 mkdir -p benchmarks
-PY="$TORCH_VENV/bin/python"
 
 started=$(date +%s)
 {
@@ -44,7 +44,7 @@ started=$(date +%s)
 } >"$RESULTS/machine.txt"
 
 log "building (release)"
-cargo build --release --locked --workspace --bins
+[ -n "${BENCH_BIN:-}" ] || cargo build --release --locked --workspace --bins
 
 # model_bench OUT: the model's images/s in process at the batch sizes the CPU worker uses (max 4)
 # and one above; plain flags if the example no longer takes these.
@@ -143,7 +143,7 @@ model_bench "$RESULTS/model_bench_after.txt"
 echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RESULTS/machine.txt"
 echo "duration_s=$(($(date +%s) - started))" >>"$RESULTS/machine.txt"
 
-log "writing benchmarks/pipeline.png and the pipeline section of BENCHMARKS.md"
-"$PY" scripts/plot_bench.py "$RESULTS" --png benchmarks/pipeline.png --markdown "$RESULTS/section.md"
-python3 scripts/bench_section.py pipeline "$RESULTS/section.md"
+log "writing benchmarks/pipeline.svg and the pipeline section of BENCHMARKS.md"
+"$LOADTEST" report pipeline "$RESULTS" --chart benchmarks/pipeline.svg --out "$RESULTS/section.md"
+"$LOADTEST" section pipeline "$RESULTS/section.md"
 log "done in $(($(date +%s) - started)) s; raw results in $RESULTS"

@@ -10,7 +10,7 @@
 #   4. cancellation: twice the capacity with callers that give up after a few seconds, with the
 #      workers honouring cancellations and ignoring them (--honor-cancellations false): the work
 #      each tier did for callers who were gone, counted from the tiers' metrics once drained.
-# Writes the `ingress` section of BENCHMARKS.md.
+# Writes the `ingress` section of BENCHMARKS.md (`clothesline-loadtest report ingress`, `section`).
 #
 # Environment: BENCH_IMAGES (../shared/datasets/clothing-dataset-small/validation), BENCH_KEEP
 # (a folder for the raw results), DEVICE (cpu), BENCH_OVERLOAD_SECS (30), BENCH_LATENCY_ROUNDS (4).
@@ -35,7 +35,7 @@ ROUNDS="${BENCH_LATENCY_ROUNDS:-4}"
 } >"$RESULTS/machine.txt"
 
 log "building (release)"
-cargo build --release --locked --workspace --bins
+[ -n "${BENCH_BIN:-}" ] || cargo build --release --locked --workspace --bins
 
 # run NAME ARGS...: one load test, its JSON in $RESULTS/NAME.json.
 run() {
@@ -122,6 +122,6 @@ done
 echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RESULTS/machine.txt"
 echo "duration_s=$SECONDS" >>"$RESULTS/machine.txt"
 log "writing the ingress section of BENCHMARKS.md"
-python3 scripts/ingress_report.py "$RESULTS" >"$RESULTS/section.md"
-python3 scripts/bench_section.py ingress "$RESULTS/section.md"
+"$LOADTEST" report ingress "$RESULTS" --out "$RESULTS/section.md"
+"$LOADTEST" section ingress "$RESULTS/section.md"
 log "done in $SECONDS s; raw results in $RESULTS"

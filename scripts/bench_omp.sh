@@ -50,4 +50,4 @@ done
   echo "libgomp's default lets idle threads spin between the model's parallel regions; when one of them loses its core to another process, every region waits for it (here 9-18 images/s instead of 53-58). \`OMP_WAIT_POLICY=PASSIVE\` avoids the collapse but costs a lot on an idle machine (30-40 instead of 53-58); one intra-op thread is nearly as fast as two when idle at batch 1 and degrades least when the core is shared. On CPU the gpu-worker now runs one single-threaded engine per core by default (section gpu-worker-engines), which sidesteps this; it logs the policy in effect, and where one engine uses several threads (\`--engines 1\`) on shared cores (other tiers on the same CPU, a CPU limit in Kubernetes), run it with \`OMP_WAIT_POLICY=PASSIVE\`."
 } >"$OUT/section.md"
 cat "$OUT/section.md"
-python3 scripts/bench_section.py gpu-worker-cpu-sharing "$OUT/section.md"
+cargo run --release --locked -q -p clothesline-loadtest -- section gpu-worker-cpu-sharing "$OUT/section.md"

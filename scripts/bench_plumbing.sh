@@ -9,13 +9,13 @@
 #      time per image (its /metrics histograms) over the same run;
 #   2. `perf` top frames of the preprocessor and of nats-server under that load (URLs), written to
 #      benchmarks/plumbing/ (a run of its own, so perf's cost is not in the figures of 1);
-#   3. where the time of one request goes at concurrency 1 (scripts/plumbing_hops.py: each tier's
-#      `timings`, the rest is the ingress, the NATS hops and HTTP);
+#   3. where the time of one request goes at concurrency 1 (`clothesline-loadtest run --timings`:
+#      the medians of each tier's `timings`, the rest is the ingress, the NATS hops and HTTP);
 #   4. the shipped model: the pipeline (and the pipeline with `--dispatch-when-idle false`, the
 #      batcher as it was) against the monolith (scripts/monolith: Flask + gunicorn, PIL, the same
 #      TorchScript in process; Flask and gunicorn from PyPI into a venv of its own beside the
 #      torch venv), `/predict` with URLs at concurrency 1 (p50) and 16 (throughput, p99);
-# then writes the `plumbing` section of BENCHMARKS.md.
+# then writes the `plumbing` section of BENCHMARKS.md (`clothesline-loadtest report plumbing`).
 #
 # Every measured process runs at nice -10 when this runs as root (the machine is shared).
 # Environment: BENCH_IMAGES (the validation split of CLOTHESLINE_DATASET, else of ../shared/...), BENCH_STEP_SECS (20), BENCH_WARMUP_SECS (3),
@@ -75,9 +75,6 @@ fi
 log "null model"
 NULL_DIR="$RESULTS/null-model"
 "$PY" scripts/null_model.py "$NULL_DIR" >/dev/null
-
-# The image list (relative paths) for the per-hop requests (the stack serves them: SERVED_URL).
-(cd "$IMAGES" && find . -type f -name '*.jpg' | sed 's|^\./||' | sort) >"$RESULTS/images.txt"
 
 # metric_pair PORT NAME: a histogram's _sum and _count on a tier's /metrics.
 metric_pair() { echo "$(metric "$1" "$2_sum") $(metric "$1" "$2_count")"; }
@@ -172,10 +169,12 @@ profile() {
   log "profiles in $OUT/"
 }
 
-# hops TAG: where the time of one request goes, at concurrency 1.
+# hops TAG: where the time of one request goes, at concurrency 1 (`POST /v1/classify` with URLs;
+# the medians of the answers' `timings` in hops-TAG.json).
 hops() {
-  nice -n -10 python3 scripts/plumbing_hops.py "http://127.0.0.1:$INGRESS_PORT" "${SERVED_URL%/}" \
-    "$RESULTS/images.txt" "$HOPS" "$RESULTS/hops-$1.json" >/dev/null
+  nice -n -10 "$LOADTEST" run --ingress "http://127.0.0.1:$INGRESS_PORT" --images "$IMAGES" \
+    --target classify --concurrency 1 --requests "$HOPS" --timings --no-progress --label "hops-$1" \
+    --json "$RESULTS/hops-$1.json" >"$LOG_DIR/hops-$1.txt" 2>&1
 }
 
 # latency_runs TAG: `/predict` with URLs at concurrency 1, then 16, against $INGRESS_PORT.
@@ -241,7 +240,7 @@ fi
 
 echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RESULTS/machine.txt"
 echo "secs=$SECONDS" >>"$RESULTS/machine.txt"
-python3 scripts/plumbing_report.py "$RESULTS" >"$RESULTS/section.md"
+"$LOADTEST" report plumbing "$RESULTS" --out "$RESULTS/section.md"
 cat "$RESULTS/section.md"
-python3 scripts/bench_section.py plumbing "$RESULTS/section.md"
+"$LOADTEST" section plumbing "$RESULTS/section.md"
 log "done in ${SECONDS}s; raw results in $RESULTS"

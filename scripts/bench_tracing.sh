@@ -3,9 +3,10 @@
 # OTEL_EXPORTER_OTLP_ENDPOINT) and on at 100% sampling (every span of every request exported over
 # OTLP/HTTP to a sink on 127.0.0.1), in one run, alternating off/on BENCH_ROUNDS times on a fresh
 # stack each, each a closed loop of /predict with URLs. Prints the Markdown lines for
-# BENCHMARKS.md (machine, each round's successful answers per second, the ratio on/off of their
-# means). The target is a ratio of at least 0.97; run it on a quiet machine: on a shared one the
-# noise is larger than the effect. The sink runs on the same machine (a collector would not):
+# BENCHMARKS.md (`clothesline-loadtest report tracing`: machine, each round's successful answers
+# per second, CPU per answer by process, the ratio on/off of their means and per round). The
+# target is a ratio of at least 0.97; run it on a quiet machine: on a shared one the noise is
+# larger than the effect. The sink runs on the same machine (a collector would not):
 # its CPU counts against the traced rounds, so the ratio errs on the side of cost.
 #
 # Environment: BENCH_ROUNDS (2), BENCH_STEP_SECS (30), BENCH_WARMUP_SECS (5), BENCH_CONCURRENCY
@@ -29,11 +30,12 @@ WARMUP_SECS="${BENCH_WARMUP_SECS:-5}"
 CONCURRENCY="${BENCH_CONCURRENCY:-16}"
 
 log "building (release)"
-cargo build --release --locked --workspace --bins
+[ -n "${BENCH_BIN:-}" ] || cargo build --release --locked --workspace --bins
 
-# The OTLP sink: answers every export with 200 and an empty (valid) protobuf response.
+# The OTLP sink: the load generator's noop server, which answers every protobuf export with 200
+# and an empty (valid) protobuf response.
 SINK_PORT=$(free_port)
-"$BIN/clothesline-stack" sink --addr "127.0.0.1:$SINK_PORT" >"$LOG_DIR/sink.log" 2>&1 &
+"$LOADTEST" serve-noop --addr "127.0.0.1:$SINK_PORT" >"$LOG_DIR/sink.log" 2>&1 &
 SINK_PID=$!
 
 proc_cpu() { awk '{printf "%s", ($14 + $15) / 100}' "/proc/$1/stat"; }
@@ -65,40 +67,9 @@ for i in $(seq 1 "$ROUNDS"); do
 done
 kill "$SINK_PID" 2>/dev/null || true
 
-python3 - "$RESULTS" "$ROUNDS" <<'PY'
-import json, subprocess, sys
-results, rounds = sys.argv[1], int(sys.argv[2])
-rps = {m: [json.load(open(f"{results}/tracing-{m}-{i}.json"))["ok_throughput_rps"] for i in range(1, rounds + 1)] for m in ("off", "on")}
-cpu = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p' | head -n1"], capture_output=True, text=True).stdout.strip()
-mean = {m: sum(v) / len(v) for m, v in rps.items()}
-print(f"Tracing cost, scripts/bench_tracing.sh, {cpu}, {subprocess.getoutput('nproc')} cores, load average {open('/proc/loadavg').read().split()[0]} at the end:")
-print()
-print("| tracing | successful answers/s per round | mean |")
-print("| --- | --- | --- |")
-for m, label in (("off", "off (no endpoint)"), ("on", "on, 100% sampled, OTLP/HTTP")):
-    print(f"| {label} | {', '.join(f'{r:.1f}' for r in rps[m])} | {mean[m]:.1f} |")
-def cpu_ms(mode, i):
-    v = [float(x) for x in open(f"{results}/cpu-{mode}-{i}.txt").read().split()]
-    before, after = v[:6], v[6:]
-    n = after[5] - before[5]
-    return [(a - b) * 1000 / n for a, b in zip(after[:5], before[:5])]
-cpu = {m: [cpu_ms(m, i) for i in range(1, rounds + 1)] for m in ("off", "on")}
-print()
-print("CPU ms per answer over each loop, mean of the rounds (the sink's counted apart: a collector would run elsewhere):")
-print()
-print("| tracing | nats-server | ingress | preprocessor | gpu-worker | tiers + nats | OTLP sink |")
-print("| --- | --- | --- | --- | --- | --- | --- |")
-tot = {}
-for m in ("off", "on"):
-    cols = [sum(r[k] for r in cpu[m]) / rounds for k in range(5)]
-    tot[m] = sum(cols[:4])
-    print(f"| {m} | " + " | ".join(f"{c:.2f}" for c in cols[:4]) + f" | {tot[m]:.2f} | {cols[4]:.2f} |")
-print()
-print(f"CPU per answer on/off (tiers + nats): {tot['on'] / tot['off']:.3f}; on a CPU-bound machine throughput "
-      f"scales as its inverse: {tot['off'] / tot['on']:.3f}")
-pairs = sorted(on / off for off, on in zip(rps["off"], rps["on"]))
-median = pairs[len(pairs) // 2] if len(pairs) % 2 else (pairs[len(pairs) // 2 - 1] + pairs[len(pairs) // 2]) / 2
-print()
-print(f"Ratio on/off: {mean['on'] / mean['off']:.3f} of the means; per round (on / the off just before it), "
-      f"sorted: {', '.join(f'{r:.3f}' for r in pairs)}, median {median:.3f} (target: at least 0.97)")
-PY
+{
+  echo "cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -n1)"
+  echo "nproc=$(nproc)"
+  echo "loadavg_end=$(cut -d' ' -f1 /proc/loadavg)"
+} >"$RESULTS/machine.txt"
+"$LOADTEST" report tracing "$RESULTS"

@@ -38,14 +38,7 @@ if [ "$#" -gt 0 ]; then tiers=("$@"); else tiers=("${ALL_TIERS[@]}"); fi
 
 log() { printf '\033[1;34m[images]\033[0m %s\n' "$*" >&2; }
 
-# tier -> the Cargo package and binary it ships.
-package_of() {
-  case "$1" in
-    provision) echo clothesline-protocol ;;
-    gpu-worker-cpu) echo clothesline-gpu-worker ;;
-    *) echo "clothesline-$1" ;;
-  esac
-}
+# tier -> the binary it ships.
 binary_of() { if [ "$1" = gpu-worker-cpu ]; then echo clothesline-gpu-worker; else echo "clothesline-$1"; fi; }
 
 common=(--platform "$PLATFORM")
@@ -67,12 +60,15 @@ case "$BUILD" in
     site_packages="$(dirname "$TORCH_LIB")/.."
     profile_dir="$HOST_PROFILE"
     [ "$HOST_PROFILE" = dev ] && profile_dir=debug
-    packages=()
-    for tier in "${tiers[@]}"; do packages+=(-p "$(package_of "$tier")" --bin "$(binary_of "$tier")"); done
+    # --workspace with --bin filters: the workspace's feature set, so the build reuses what
+    # `cargo build --workspace` (scripts/test.sh) already compiled; `-p <crate>` alone would unify
+    # features differently and rebuild the dependencies.
+    bins=()
+    for tier in "${tiers[@]}"; do bins+=(--bin "$(binary_of "$tier")"); done
     # The provision image also carries clothesline-model (docker/provision.Dockerfile).
-    [[ " ${tiers[*]} " == *" provision "* ]] && packages+=(--bin clothesline-model)
-    log "cargo build --locked --profile $HOST_PROFILE ${packages[*]}"
-    cargo build --locked --profile "$HOST_PROFILE" "${packages[@]}"
+    [[ " ${tiers[*]} " == *" provision "* ]] && bins+=(--bin clothesline-model)
+    log "cargo build --locked --profile $HOST_PROFILE --workspace ${bins[*]}"
+    cargo build --locked --profile "$HOST_PROFILE" --workspace "${bins[@]}"
     common+=(--target prebuilt)
     ;;
   *) log "BUILD is docker or host, not $BUILD"; exit 2 ;;

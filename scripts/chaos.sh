@@ -21,6 +21,6 @@ status=0
 target/release/clothesline-stack chaos --bin-dir target/release --log-dir "$results/logs" \
   --images "${BENCH_IMAGES:-../shared/datasets/clothing-dataset-small/validation}" \
   --rate "${CHAOS_RATE:-15}" --requests "${CHAOS_REQUESTS:-2000}" --section "$results/section.md" "$@" || status=$?
-[ ! -s "$results/section.md" ] || python3 scripts/bench_section.py "$section" "$results/section.md" RELIABILITY.md
+[ ! -s "$results/section.md" ] || target/release/clothesline-loadtest section "$section" "$results/section.md" RELIABILITY.md
 echo "logs in $results/logs" >&2
 exit "$status"

@@ -45,7 +45,7 @@ if [ -z "${SKIP_BUILD:-}" ]; then
   scripts/base-images.sh runtime nats
   HOST_PROFILE="$HOST_PROFILE" LOCAL_BASE=1 BUILD=host EXTRA_TAG=dev \
     scripts/build-images.sh provision ingress preprocessor gpu-worker-cpu
-  cargo build --locked --profile "$HOST_PROFILE" -p clothesline-loadtest
+  cargo build --locked --profile "$HOST_PROFILE" --workspace --bin clothesline-loadtest
 fi
 dataset_sample "$WORK/images" 2
 first="$(cd "$WORK/images" && find . -name '*.jpg' | sort | sed -n 1p)"
@@ -66,7 +66,7 @@ docker run -d --name "$IMAGE_SERVER" --network "${PROJECT}_default" --network-al
   --user 65534:65534 -v "$WORK/images:/srv:ro" clothesline-base/runtime:bookworm \
   busybox httpd -f -p 8000 -h /srv >/dev/null
 
-label() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["top"][0]["label"])' "$1"; }
+label() { jq -r '.top[0].label' "$1"; }
 classify_url() {
   curl -fsS -o "$WORK/url.json" -H 'Content-Type: application/json' \
     -d "{\"url\": \"http://images:8000/$first\"}" "$API/v1/classify"
@@ -80,14 +80,8 @@ clog "$first: by URL (from another container) $by_url, by upload $by_upload"
 
 # Every answer ok: statuses has only the success key, and no request is missing.
 all_ok() { # report.json expected-count success-key
-  python3 - "$@" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1]))
-want, key = int(sys.argv[2]), sys.argv[3]
-print(f"  completed {d['completed']}, ok {d['ok']}, statuses {d['statuses']}, errors {d['error_codes']}, "
-      f"p50 {d['latency_ms'].get('p50')} ms, max {d['latency_ms'].get('max')} ms")
-sys.exit(0 if d["ok"] == d["completed"] == want and set(d["statuses"]) == {key} else 1)
-PY
+  jq -r '"  completed \(.completed), ok \(.ok), statuses \(.statuses), errors \(.error_codes), p50 \(.latency_ms.p50) ms, max \(.latency_ms.max) ms"' "$1" &&
+    jq -e --argjson want "$2" --arg key "$3" '.ok == $want and .completed == $want and (.statuses | keys) == [$key]' "$1" >/dev/null
 }
 
 clog "20 images over NATS (clothesline.classify as public)"

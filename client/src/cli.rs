@@ -58,7 +58,7 @@ pub struct ClassifyArgs {
     #[arg(long, default_value_t = 60)]
     pub timeout_secs: u64,
     #[command(flatten)]
-    pub nats_args: protocol::runtime::NatsArgs,
+    pub nats_args: tierkit::runtime::NatsArgs,
 }
 
 /// Runs the command; `Ok(false)` when some image failed.

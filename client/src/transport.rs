@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use protocol::names::{HEADER_CONTENT_TYPE, HEADER_ERROR, SERVICE_SUBJECT};
-use protocol::runtime::NatsArgs;
 use serde_json::Value;
+use tierkit::runtime::NatsArgs;
 
 use crate::answer::Failure;
 use crate::input::Input;

@@ -21,7 +21,7 @@ SERVICE_TIER = {
     "gpu-worker-cuda": "gpu-worker",
     "provision": "provision",
 }
-# The standard OpenTelemetry variables the three tiers read (protocol/src/telemetry.rs, through the
+# The standard OpenTelemetry variables the three tiers read (tierkit/src/telemetry.rs, through the
 # SDK), beside their own options; provision exports no traces.
 TRACE_ENV = {"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"}
 # Gauges of the NATS exporter (`-jsz=all`) the dashboard may use.

@@ -12,7 +12,7 @@ from .common import HTTP_ADDR, NAMESPACE, ROOT, TIERS, Contract, Report, contain
 from .workloads import by_kind, name_of
 
 HEALTH = {"livenessProbe": "/healthz", "readinessProbe": "/readyz"}
-ROUTES_IN = {"ingress": "ingress/src", "preprocessor": "protocol/src", "gpu-worker": "protocol/src"}
+ROUTES_IN = {"ingress": "ingress/src", "preprocessor": "tierkit/src", "gpu-worker": "tierkit/src"}
 
 
 def routes(tier: str) -> set[str]:

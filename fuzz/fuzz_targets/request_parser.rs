@@ -50,9 +50,12 @@ fuzz_target!(|data: &[u8]| {
             })
             .expect("metadata written by to_headers reads back");
             assert_eq!(back, m);
-            let _ = (m.expired_at(meta::now_ms()), m.remaining());
+            let _ = (m.expired(), m.remaining());
         }
-        Err(e) => assert_eq!(e.code, ErrorCode::BadRequest, "{e:?}"),
+        Err(e) => {
+            assert_eq!(e.error.code, ErrorCode::BadRequest, "{e:?}");
+            assert!(!e.meta.request_id.is_empty());
+        }
     }
 
     let payload = Bytes::copy_from_slice(&case.payload);

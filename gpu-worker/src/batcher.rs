@@ -19,11 +19,11 @@ use async_nats::jetstream::consumer::pull::Batch;
 use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt;
 use protocol::cancel::CancelSet;
-use protocol::meta::now_ms;
+use protocol::meta::{MalformedMeta, fallback_request_id, now_ms};
 use protocol::names::*;
 use protocol::reply_to;
-use protocol::runtime::{Grace, bounded};
 use protocol::{Error, ErrorCode, RequestMeta, TensorMessage};
+use tierkit::runtime::{Grace, bounded};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -255,7 +255,10 @@ impl Batcher {
         let (meta, meta_error) =
             match RequestMeta::from_headers(msg.headers.as_ref(), || fallback_id(&msg)) {
                 Ok(meta) => (meta, None),
-                Err(e) => (lenient_meta(&msg), Some(e)),
+                Err(bad) => {
+                    let MalformedMeta { meta, error } = *bad;
+                    (meta, Some(error))
+                }
             };
         // Tensors can be published straight onto the stream: this is the first tier to read
         // their reply subject.
@@ -267,7 +270,7 @@ impl Batcher {
             responder.fail(&msg, &meta, e, AckKind::Term).await;
             return;
         }
-        if meta.expired_at(now_ms()) {
+        if meta.expired() {
             responder.expire(&msg, &meta).await;
             return;
         }
@@ -347,7 +350,7 @@ async fn run_batch(shared: Arc<Shared>, batch: Vec<(Item, Instant)>) -> Result<(
     let mut admitted = Vec::with_capacity(batch.len());
     for (item, at) in batch {
         let span = item.span.clone();
-        if item.meta.expired_at(now) {
+        if item.meta.deadline.is_some_and(|d| d.expired_at(now)) {
             shared
                 .responder
                 .expire(&item.msg, &item.meta)
@@ -546,24 +549,6 @@ async fn give_back(items: &[Item]) -> EngineError {
 /// The id of a message published without one: its stream sequence.
 fn fallback_id(msg: &Message) -> String {
     msg.info()
-        .map(|i| format!("{TENSORS_STREAM}-{}", i.stream_sequence))
+        .map(|i| fallback_request_id(TENSORS_STREAM, i.stream_sequence))
         .unwrap_or_else(|_| protocol::meta::new_request_id())
-}
-
-/// The metadata of a message whose headers do not parse, so it can still be answered.
-fn lenient_meta(msg: &Message) -> RequestMeta {
-    let get = |name: &str| {
-        msg.headers
-            .as_ref()
-            .and_then(|h| h.get(name))
-            .map(|v| v.as_str().trim().to_string())
-            .filter(|v| !v.is_empty())
-    };
-    RequestMeta {
-        request_id: get(HEADER_REQUEST_ID).unwrap_or_else(|| fallback_id(msg)),
-        reply_to: get(HEADER_REPLY_TO),
-        deadline_ms: None,
-        traceparent: get(HEADER_TRACEPARENT),
-        model_version: None,
-    }
 }

@@ -10,7 +10,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Parser;
-use protocol::runtime::{LogArgs, NatsArgs};
+use tierkit::runtime::{LogArgs, NatsArgs};
 
 /// Default largest batch on CPU: beyond a few images a CPU gains little throughput per image
 /// and every image of the batch waits for the slowest.

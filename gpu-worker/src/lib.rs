@@ -41,11 +41,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream;
 use protocol::Manifest;
-use protocol::cancel;
-use protocol::models::Registry;
 use protocol::names::{GPU_WORKER_CONSUMER, TENSORS_STREAM};
-use protocol::provision::wait_for_consumer;
-use protocol::runtime::{Grace, ReadyCheck, bounded, nats_connected, serve_health, token_from};
+use tierkit::cancel;
+use tierkit::models::Registry;
+use tierkit::provision::wait_for_consumer;
+use tierkit::runtime::{Grace, ReadyCheck, bounded, nats_connected, serve_health, token_from};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, DeviceChoice};

@@ -3,8 +3,8 @@
 use clap::Parser;
 use clothesline_gpu_worker::leave::{self, AbandonedBatches};
 use clothesline_gpu_worker::{Config, run};
-use protocol::runtime::shutdown_signal;
-use protocol::telemetry::{FLUSH_WITHIN, Telemetry};
+use tierkit::runtime::shutdown_signal;
+use tierkit::telemetry::{FLUSH_WITHIN, Telemetry};
 
 fn main() -> std::process::ExitCode {
     // Before any thread starts.

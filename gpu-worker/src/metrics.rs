@@ -216,7 +216,7 @@ mod tests {
         let m = Metrics::new();
         m.error(ErrorCode::BadTensor);
         m.batch_size.observe(3.0);
-        let text = protocol::runtime::metrics_text(&m.registry);
+        let text = tierkit::runtime::metrics_text(&m.registry);
         for name in [
             "gpu_worker_batch_size",
             "gpu_worker_queue_wait_seconds",

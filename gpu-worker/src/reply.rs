@@ -5,7 +5,6 @@
 use async_nats::HeaderMap;
 use async_nats::jetstream::{AckKind, Message};
 use protocol::messages::Outcome;
-use protocol::names::*;
 use protocol::{Error, ErrorCode, Prediction, Reply, RequestMeta, Timings};
 
 use crate::metrics::Metrics;
@@ -21,17 +20,10 @@ pub struct Responder {
 /// The headers of a reply: request id, content type, the error code on errors, the model version
 /// on predictions, the trace context.
 pub fn reply_headers(meta: &RequestMeta, reply: &Reply) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(HEADER_REQUEST_ID, meta.request_id.as_str());
-    headers.insert(HEADER_CONTENT_TYPE, CONTENT_TYPE_JSON);
     match &reply.outcome {
-        Outcome::Error(e) => headers.insert(HEADER_ERROR, e.code.as_str()),
-        Outcome::Prediction(p) => headers.insert(HEADER_MODEL_VERSION, p.model.version.as_str()),
+        Outcome::Error(e) => meta.reply_headers(Some(e.code), None),
+        Outcome::Prediction(p) => meta.reply_headers(None, Some(&p.model.version)),
     }
-    if let Some(t) = &meta.traceparent {
-        headers.insert(HEADER_TRACEPARENT, t.as_str());
-    }
-    headers
 }
 
 impl Responder {
@@ -136,11 +128,13 @@ pub async fn ack(msg: &Message, meta: &RequestMeta, kind: AckKind) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::messages::ModelRef;
+    use protocol::ModelRef;
+    use protocol::names::*;
 
     #[test]
     fn error_replies_carry_the_code_header() {
-        let mut meta = RequestMeta::new(Some("clothesline.replies.x".into()), None);
+        let mut meta = RequestMeta::new(protocol::meta::new_request_id())
+            .with_reply_to("clothesline.replies.x");
         meta.traceparent = Some("00-a-b-01".into());
         let ok = Reply::prediction(
             meta.request_id.clone(),

@@ -13,9 +13,9 @@ use async_nats::jetstream::kv;
 use futures::StreamExt;
 use protocol::meta::now_ms;
 use protocol::models::{
-    POLICY_KEY, Policy, Registry, SERVING_HEARTBEAT_MS, SERVING_PREFIX, Serving as Report,
-    parse_policy,
+    POLICY_KEY, Policy, SERVING_HEARTBEAT_MS, SERVING_PREFIX, Serving as Report, parse_policy,
 };
+use tierkit::models::Registry;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -142,7 +142,7 @@ impl Follower {
     async fn load(&self, version: &str) -> anyhow::Result<Version> {
         let (manifest, bytes) = match self.registry.fetch(version).await {
             Ok((m, b)) => (m, Some(b)),
-            Err(protocol::models::RegistryError::Unknown(_))
+            Err(tierkit::models::RegistryError::Unknown(_))
                 if version == self.base.manifest.version =>
             {
                 (self.base.manifest.clone(), None)

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
+use protocol::ModelRef;
 use protocol::manifest::{InputSpec, Manifest};
-use protocol::messages::ModelRef;
 
 use crate::engine::{Engine, EngineInfo};
 
@@ -30,10 +30,13 @@ impl Version {
     }
 }
 
+/// The versions served, by version: replaced whole on every change, read without a lock held.
+type Versions = Arc<BTreeMap<String, Arc<Version>>>;
+
 /// The set of versions served, shared by the batcher and the rollout follower; cheap to clone.
 #[derive(Clone)]
 pub struct Serving {
-    versions: Arc<RwLock<Arc<BTreeMap<String, Arc<Version>>>>>,
+    versions: Arc<RwLock<Versions>>,
     /// The first version's engine settings (every version is started with the same options).
     info: EngineInfo,
 }
@@ -54,7 +57,7 @@ impl Serving {
         &self.info
     }
 
-    fn snapshot(&self) -> Arc<BTreeMap<String, Arc<Version>>> {
+    fn snapshot(&self) -> Versions {
         self.versions
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

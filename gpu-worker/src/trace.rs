@@ -1,4 +1,4 @@
-//! The gpu-worker's spans (see [`protocol::telemetry`]): one per tensor message, child of the
+//! The gpu-worker's spans (see [`tierkit::telemetry`]): one per tensor message, child of the
 //! preprocessor's tensor publish, with its queue wait (publish time to pull) and batch wait (pull
 //! to batch start); one span per batch (size, device, model version), linked both ways with the
 //! spans of its items, as a batch serves many traces; one span per reply.
@@ -8,8 +8,8 @@ use std::time::{Instant, SystemTime};
 use async_nats::jetstream::Message;
 use protocol::messages::Outcome;
 use protocol::names::{HEADER_REQUEST_ID, HEADER_TRACEPARENT};
-use protocol::telemetry::{self, at_ms, link, past_span, span_context};
 use protocol::{ModelRef, Reply, RequestMeta};
+use tierkit::telemetry::{self, at_ms, link, past_span, span_context};
 use tracing::field::Empty;
 
 use crate::engine::EngineInfo;

@@ -14,8 +14,8 @@ use futures::StreamExt;
 use protocol::messages::Outcome;
 use protocol::meta::now_ms;
 use protocol::names::*;
-use protocol::provision::{Topology, provision};
 use protocol::{ErrorCode, Manifest, ModelRef, Reply, RequestMeta, TensorMessage, Timings};
+use tierkit::provision::{Topology, provision};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const REPLIES: &str = "clothesline.replies.gpu-worker-test";
@@ -141,8 +141,12 @@ async fn serves_predictions_and_errors_and_stops_cleanly() {
             },
         )
     };
-    let meta = || RequestMeta::new(Some(REPLIES.into()), Some(Duration::from_secs(300)));
-    let fire_and_forget = RequestMeta::new(None, None);
+    let meta = || {
+        RequestMeta::new(protocol::meta::new_request_id())
+            .with_reply_to(REPLIES)
+            .with_timeout(Duration::from_secs(300))
+    };
+    let fire_and_forget = RequestMeta::new(protocol::meta::new_request_id());
     publish(
         &js,
         &fire_and_forget,
@@ -172,7 +176,7 @@ async fn serves_predictions_and_errors_and_stops_cleanly() {
     let short_data = meta();
     publish(&js, &short_data, tensor(image(100, 1)).encode()).await;
     let mut expired = meta();
-    expired.deadline_ms = Some(now_ms() - 1_000);
+    expired.deadline = Some(protocol::meta::Deadline::at_ms(now_ms() - 1_000));
     publish(
         &js,
         &expired,
@@ -323,7 +327,9 @@ async fn lone_tensor_reply(dispatch_when_idle: bool) -> Outcome {
     assert!(ready, "the worker became ready");
 
     // Its deadline passes before the batch delay would: only a batch run at once answers it.
-    let meta = RequestMeta::new(Some(REPLIES.into()), Some(Duration::from_secs(6)));
+    let meta = RequestMeta::new(protocol::meta::new_request_id())
+        .with_reply_to(REPLIES)
+        .with_timeout(Duration::from_secs(6));
     let tensor = TensorMessage::new(
         manifest.model_ref(),
         &manifest.input,

@@ -15,8 +15,8 @@ use clothesline_ingress::backend::{Backend, Job};
 use clothesline_ingress::idempotency::Idempotent;
 use clothesline_ingress::metrics::Metrics;
 use futures::future::BoxFuture;
-use protocol::provision::{Topology, provision};
-use protocol::{Error, ModelRef, Prediction, Timings};
+use protocol::{Error, ModelRef, Prediction, RequestMeta, Timings};
+use tierkit::provision::{Topology, provision};
 
 /// Answers every job at once with the same prediction.
 struct Instant0;
@@ -42,14 +42,13 @@ impl Backend for Instant0 {
 }
 
 fn job(id: &str, caller_id: bool) -> Job {
+    let timeout = Duration::from_secs(10);
     Job {
-        request_id: id.to_string(),
+        meta: RequestMeta::new(id).with_timeout(timeout),
         caller_id,
         content_type: "application/json".into(),
         payload: Bytes::from(format!(r#"{{"url":"http://images.example/{id}.jpg"}}"#)),
-        timeout: Duration::from_secs(10),
-        traceparent: None,
-        model_version: None,
+        timeout,
     }
 }
 

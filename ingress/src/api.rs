@@ -18,19 +18,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use protocol::names::CONTENT_TYPE_JSON;
+use protocol::names::http::{HEADER_MODEL_VERSION, HEADER_REQUEST_ID, HEADER_TIMEOUT_MS};
 use protocol::{ClassifyRequest, Error, ErrorCode};
 use serde::Deserialize;
 
 use crate::call::{AppState, Call, CallHeaders, Classification};
 use crate::error::AppError;
 use crate::server::SlowClientCut;
-
-/// Header a caller may set to ask for a shorter deadline than the default.
-pub const HEADER_TIMEOUT_MS: &str = "x-request-timeout-ms";
-/// Request id header, accepted from the caller (if sane) and always returned.
-pub const HEADER_REQUEST_ID: &str = "x-request-id";
-/// Pins a request to a model version; on `/predict` answers, the version that served it.
-pub const HEADER_MODEL_VERSION: &str = "x-model-version";
 
 /// The OpenAPI 3.1 document of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -104,7 +98,7 @@ async fn read_within<T>(
     cut: Option<SlowClientCut>,
     read: impl std::future::Future<Output = Result<T, AppError>>,
 ) -> Result<T, AppError> {
-    let left = call.timeout.saturating_sub(call.started.elapsed());
+    let left = call.remaining();
     let cut_off = async {
         match &cut {
             Some(cut) => cut.token.cancelled().await,
@@ -147,7 +141,7 @@ async fn readyz(State(s): State<AppState>) -> Response {
 async fn metrics(State(s): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        protocol::runtime::metrics_text(&s.metrics.registry),
+        tierkit::runtime::metrics_text(&s.metrics.registry),
     )
         .into_response()
 }
@@ -194,10 +188,10 @@ where
             e.into_response()
         }
     };
-    if let Ok(v) = HeaderValue::from_str(&call.request_id) {
+    if let Ok(v) = HeaderValue::from_str(&call.meta.request_id) {
         response.headers_mut().insert(HEADER_REQUEST_ID, v);
     }
-    crate::trace::set_header(response.headers_mut(), call.traceparent.as_deref());
+    crate::trace::set_header(response.headers_mut(), call.meta.traceparent.as_deref());
     response
 }
 
@@ -280,7 +274,7 @@ async fn classify(
                 .await?;
             let total_ms = call.started.elapsed().as_secs_f64() * 1e3;
             Ok(Json(Classification::new(
-                &call.request_id,
+                &call.meta.request_id,
                 prediction,
                 q.top_k.unwrap_or(3),
                 total_ms,
@@ -298,13 +292,7 @@ async fn classify_payload(request: Request) -> Result<(String, Bytes), AppError>
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
+        .map(protocol::meta::media_type)
         .unwrap_or_default();
     match mime.as_str() {
         "application/json" => {
@@ -329,10 +317,10 @@ async fn classify_payload(request: Request) -> Result<(String, Bytes), AppError>
                 if field.file_name().is_none() && !matches!(field.name(), Some("file" | "image")) {
                     continue;
                 }
-                let content_type = field
-                    .content_type()
-                    .unwrap_or("application/octet-stream")
-                    .to_ascii_lowercase();
+                let content_type = field.content_type().map_or_else(
+                    || "application/octet-stream".to_string(),
+                    protocol::meta::media_type,
+                );
                 let bytes = field.bytes().await.map_err(multipart_error)?;
                 if bytes.is_empty() {
                     return Err(AppError::new(
@@ -393,12 +381,12 @@ async fn classify_batch(
                 // Echoed without its credentials, if it has any.
                 let shown = protocol::redact::redact_urls(&url).into_owned();
                 async move {
-                    let outcome = backend.submit(item.job(CONTENT_TYPE_JSON, url_payload(&ClassifyRequest { url: url.clone(), model_version: item.model_version.clone() }))).await;
+                    let outcome = backend.submit(item.job(CONTENT_TYPE_JSON, url_payload(&ClassifyRequest { url: url.clone(), model_version: item.meta.model_version.clone() }))).await;
                     let total_ms = item.started.elapsed().as_secs_f64() * 1e3;
                     match outcome {
                         Ok(p) => {
                             item.record(200, None);
-                            serde_json::to_value(Classification::new(&item.request_id, p, top_k, total_ms))
+                            serde_json::to_value(Classification::new(&item.meta.request_id, p, top_k, total_ms))
                                 .map(|mut v| {
                                     v["url"] = shown.into();
                                     v
@@ -407,13 +395,13 @@ async fn classify_batch(
                         }
                         Err(e) => {
                             item.record(e.code.http_status(), Some(&e));
-                            serde_json::json!({ "url": shown, "request_id": item.request_id, "error": e })
+                            serde_json::json!({ "url": shown, "request_id": item.meta.request_id, "error": e })
                         }
                     }
                 }
             }))
             .await;
-            Ok(Json(serde_json::json!({ "request_id": call.request_id, "results": items })).into_response())
+            Ok(Json(serde_json::json!({ "request_id": call.meta.request_id, "results": items })).into_response())
         }
         .await;
         (call, result)

@@ -8,18 +8,20 @@ use async_nats::jetstream::{self, context::PublishErrorKind};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use protocol::messages::Outcome;
+use protocol::meta::Deadline;
 use protocol::names::{
     CANCEL_SUBJECT, HEADER_NATS_MSG_ID, INGRESS_REQUESTS_SUBJECT, REQUESTS_STREAM, TENSORS_STREAM,
 };
 use protocol::{Error, ErrorCode, Prediction, RequestMeta};
 
 use crate::replies::ReplyRouter;
-use protocol::publish::{PublishFailure, publish_until};
+use tierkit::publish::{PublishFailure, publish_until};
 
 /// One request to classify.
 #[derive(Debug, Clone)]
 pub struct Job {
-    pub request_id: String,
+    /// The request's metadata from [`crate::call::Call`]; the backend adds the reply subject.
+    pub meta: RequestMeta,
     /// The id is the caller's (or derived from it): the request is idempotent
     /// ([`crate::idempotency`]) and never cancelled, since a retry under the same id would
     /// find the id in the workers' cancelled set and be dropped.
@@ -27,10 +29,17 @@ pub struct Job {
     /// `application/json` for `{"url"}`, or the image's own type.
     pub content_type: String,
     pub payload: Bytes,
+    /// The time the caller gave the request, for messages (the deadline is `meta.deadline`).
     pub timeout: Duration,
-    pub traceparent: Option<String>,
-    /// The model version the caller pinned the request to.
-    pub model_version: Option<String>,
+}
+
+impl Job {
+    /// When the caller stops waiting: the meta's deadline, `timeout` from now without one.
+    pub fn deadline(&self) -> Deadline {
+        self.meta
+            .deadline
+            .unwrap_or_else(|| Deadline::after(self.timeout))
+    }
 }
 
 pub trait Backend: Send + Sync + 'static {
@@ -56,7 +65,7 @@ impl Backend for NatsBackend {
     fn ready(&self) -> BoxFuture<'static, Result<(), String>> {
         let this = self.clone();
         Box::pin(async move {
-            if !protocol::runtime::nats_connected(&this.client) {
+            if !tierkit::runtime::nats_connected(&this.client) {
                 return Err("not connected to NATS".into());
             }
             for stream in [REQUESTS_STREAM, TENSORS_STREAM] {
@@ -78,14 +87,11 @@ impl Backend for NatsBackend {
 
 impl NatsBackend {
     async fn submit_inner(&self, job: Job) -> Result<Prediction, Error> {
-        let deadline = tokio::time::Instant::now() + job.timeout;
+        let deadline = tokio::time::Instant::from_std(job.deadline().instant());
         // Register before publishing, so a fast reply cannot arrive before anyone waits; the
         // request's reply subject is its own, with a token only this ingress knows.
-        let mut waiter = self.router.register(&job.request_id);
-        let mut meta = RequestMeta::new(Some(waiter.reply_to.clone()), Some(job.timeout));
-        meta.request_id = job.request_id;
-        meta.traceparent = job.traceparent;
-        meta.model_version = job.model_version;
+        let mut waiter = self.router.register(&job.meta.request_id);
+        let mut meta = job.meta.with_reply_to(waiter.reply_to.clone());
         let publish_span =
             crate::trace::publish_span(INGRESS_REQUESTS_SUBJECT, &mut meta.traceparent);
         let mut headers = meta.to_headers(&job.content_type);

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use protocol::{Error, ErrorCode, ModelRef, Prediction, Timings};
+use protocol::meta::Deadline;
+use protocol::{Error, ErrorCode, ModelRef, Prediction, RequestMeta, Timings};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
@@ -37,23 +38,17 @@ pub struct CallHeaders<'a> {
     pub model_version: Option<&'a str>,
 }
 
-/// A request's id, whether the caller chose it, and the model version it is pinned to.
-struct Named {
-    id: String,
-    caller_id: bool,
-    model_version: Option<String>,
-}
-
 /// One admitted request: holds its in-flight permit until dropped.
 pub struct Call {
     pub route: &'static str,
-    pub request_id: String,
+    /// Id, deadline, trace context (this request's span's) and model pin: made here once, carried
+    /// unchanged in the request's message to the tier that answers it.
+    pub meta: RequestMeta,
     /// Whether the id is the caller's (or derived from it): then the request is idempotent.
     pub caller_id: bool,
+    /// The time the caller gave the request (the default or its own), for messages; the
+    /// deadline itself is `meta.deadline`.
     pub timeout: Duration,
-    pub traceparent: Option<String>,
-    /// The model version the caller pinned the request to.
-    pub model_version: Option<String>,
     pub started: Instant,
     /// The request's span; its outcome is recorded on it.
     pub span: tracing::Span,
@@ -102,32 +97,31 @@ impl Call {
                 ));
             }
         };
-        let named = Named {
-            id,
-            caller_id,
-            model_version,
-        };
-        Self::admit(state, route, named, timeout, h.traceparent)
+        let mut meta = RequestMeta::new(id).with_deadline(Deadline::after(timeout));
+        meta.traceparent = h.traceparent.map(str::to_string);
+        meta.model_version = model_version;
+        Self::admit(state, route, meta, caller_id, timeout)
     }
 
     /// Admits the `index`th part of this request (a batch item): its id derived from this one's
     /// ([`protocol::meta::derived_request_id`], idempotent when this one's is the caller's), the
     /// same deadline and model version, a span under this request's.
     pub fn item(&self, state: &AppState, route: &'static str, index: usize) -> Result<Self, Error> {
-        let id = Named {
-            id: protocol::meta::derived_request_id(&self.request_id, index),
-            caller_id: self.caller_id,
-            model_version: self.model_version.clone(),
+        let meta = RequestMeta {
+            request_id: protocol::meta::derived_request_id(&self.meta.request_id, index),
+            ..self.meta.clone()
         };
-        Self::admit(state, route, id, self.timeout, self.traceparent.as_deref())
+        Self::admit(state, route, meta, self.caller_id, self.timeout)
     }
 
+    /// Takes an in-flight permit and opens the request's span (a child of the caller's
+    /// `traceparent`, which `meta` then carries instead).
     fn admit(
         state: &AppState,
         route: &'static str,
-        named: Named,
+        mut meta: RequestMeta,
+        caller_id: bool,
         timeout: Duration,
-        traceparent: Option<&str>,
     ) -> Result<Self, Error> {
         let permit = state.inflight.clone().try_acquire_owned().map_err(|_| {
             state
@@ -141,14 +135,14 @@ impl Call {
             )
         })?;
         state.metrics.inflight.inc();
-        let (span, traceparent) = crate::trace::request_span(route, &named.id, traceparent);
+        let (span, traceparent) =
+            crate::trace::request_span(route, &meta.request_id, meta.traceparent.as_deref());
+        meta.traceparent = Some(traceparent);
         Ok(Self {
             route,
-            request_id: named.id,
-            caller_id: named.caller_id,
+            meta,
+            caller_id,
             timeout,
-            traceparent: Some(traceparent),
-            model_version: named.model_version,
             started: Instant::now(),
             span,
             metrics: state.metrics.clone(),
@@ -172,14 +166,17 @@ impl Call {
 
     pub fn job(&self, content_type: &str, payload: Bytes) -> Job {
         Job {
-            request_id: self.request_id.clone(),
+            meta: self.meta.clone(),
             caller_id: self.caller_id,
             content_type: content_type.to_string(),
             payload,
             timeout: self.timeout,
-            traceparent: self.traceparent.clone(),
-            model_version: self.model_version.clone(),
         }
+    }
+
+    /// Time left until the request's deadline.
+    pub fn remaining(&self) -> Duration {
+        self.meta.remaining().unwrap_or(self.timeout)
     }
 
     /// Records the outcome: status (HTTP's, also for NATS answers), error code, latency.
@@ -196,7 +193,7 @@ impl Call {
                     .with_label_values(&[e.code.as_str()])
                     .inc();
             }
-            tracing::info!(parent: &self.span, request_id = %self.request_id, code = %e.code, error = %e.message, "request failed");
+            tracing::info!(parent: &self.span, request_id = %self.meta.request_id, code = %e.code, error = %e.message, "request failed");
         }
         self.metrics
             .requests

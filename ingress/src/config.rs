@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use protocol::runtime::{LogArgs, NatsArgs};
+use tierkit::runtime::{LogArgs, NatsArgs};
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(

@@ -119,7 +119,7 @@ pub async fn serve(
     tracing::info!("HTTP server and NATS service drained; closing NATS");
     routing.abort();
     // Bounded: with the server gone, the client's command queue can be full and never drain.
-    let last_steps = tokio::time::Instant::now() + protocol::runtime::LAST_STEPS;
-    protocol::runtime::bounded(last_steps, "drain NATS", client.drain()).await;
+    let last_steps = tokio::time::Instant::now() + tierkit::runtime::LAST_STEPS;
+    tierkit::runtime::bounded(last_steps, "drain NATS", client.drain()).await;
     Ok(())
 }

@@ -2,8 +2,8 @@
 
 use clap::Parser;
 use clothesline_ingress::{Config, run};
-use protocol::runtime::shutdown_signal;
-use protocol::telemetry::{FLUSH_WITHIN, Telemetry};
+use tierkit::runtime::shutdown_signal;
+use tierkit::telemetry::{FLUSH_WITHIN, Telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -10,9 +10,9 @@ use std::time::Instant;
 use async_nats::HeaderMap;
 use async_nats::service::{NATS_SERVICE_ERROR, NATS_SERVICE_ERROR_CODE};
 use futures::StreamExt;
-use protocol::Error;
 use protocol::messages::RequestPayload;
 use protocol::names::*;
+use protocol::{Error, RequestMeta};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::url_payload;
@@ -97,40 +97,39 @@ async fn answer(state: &AppState, msg: &async_nats::Message) -> (bytes::Bytes, H
         let prediction = state.backend.submit(job).await?;
         let total_ms = call.started.elapsed().as_secs_f64() * 1e3;
         Ok::<_, Error>(Classification::new(
-            &call.request_id,
+            &call.meta.request_id,
             prediction,
             3,
             total_ms,
         ))
     }
     .await;
-    let (body, mut headers) = match outcome {
+    let (body, headers) = match outcome {
         Ok(c) => {
             call.record(200, None);
-            let mut headers = HeaderMap::new();
-            headers.insert(HEADER_REQUEST_ID, call.request_id.as_str());
-            headers.insert(HEADER_CONTENT_TYPE, CONTENT_TYPE_JSON);
-            headers.insert(HEADER_MODEL_VERSION, c.model.version.as_str());
+            let headers = call.meta.reply_headers(None, Some(&c.model.version));
             (serde_json::to_vec(&c).unwrap_or_default().into(), headers)
         }
         Err(e) => {
             call.record(e.code.http_status(), Some(&e));
-            error_answer(Some(&call.request_id), &e)
+            error_answer(Some(&call.meta), &e)
         }
     };
-    if let Some(t) = &call.traceparent {
-        headers.insert(HEADER_TRACEPARENT, t.as_str());
-    }
     (body, headers)
 }
 
-fn error_answer(request_id: Option<&str>, e: &Error) -> (bytes::Bytes, HeaderMap) {
-    let mut headers = HeaderMap::new();
-    if let Some(id) = request_id {
-        headers.insert(HEADER_REQUEST_ID, id);
-    }
-    headers.insert(HEADER_CONTENT_TYPE, CONTENT_TYPE_JSON);
-    headers.insert(HEADER_ERROR, e.code.as_str());
+/// An error answer: the reply headers of `meta` (the request's, when it was admitted) or just
+/// the JSON content type and the code, plus the NATS services API's error headers.
+fn error_answer(meta: Option<&RequestMeta>, e: &Error) -> (bytes::Bytes, HeaderMap) {
+    let mut headers = match meta {
+        Some(meta) => meta.reply_headers(Some(e.code), None),
+        None => {
+            let mut h = HeaderMap::new();
+            h.insert(HEADER_CONTENT_TYPE, CONTENT_TYPE_JSON);
+            h.insert(HEADER_ERROR, e.code.as_str());
+            h
+        }
+    };
     let message: String = e
         .message
         .chars()

@@ -1,10 +1,10 @@
 //! The ingress's spans: one per request (route, status, error code), one per publish to the
-//! requests stream, and the `traceparent` each answer carries (see [`protocol::telemetry`]).
+//! requests stream, and the `traceparent` each answer carries (see [`tierkit::telemetry`]).
 
 use axum::http::{HeaderMap, HeaderValue};
 use protocol::Error;
 use protocol::names::HEADER_TRACEPARENT;
-use protocol::telemetry;
+use tierkit::telemetry;
 use tracing::field::Empty;
 
 /// The span of one request on `route`, child of the caller's `traceparent` when it is valid,

@@ -122,7 +122,7 @@ async fn predict_answers_the_classic_flat_map_whatever_the_content_type() {
     assert_eq!(&seen[0].payload[..], br#"{"url":"http://127.0.0.1/a.jpg"}"#);
     assert_eq!(
         headers["x-request-id"].to_str().unwrap(),
-        seen[0].request_id
+        seen[0].meta.request_id
     );
 }
 

@@ -1,5 +1,6 @@
 //! Reading answers without building a JSON tree: the error code of `{"error": {"code"}}`, the
-//! argmax of `/predict`'s flat `{class: score}` map, and `top[0].label` of `/v1/classify`.
+//! argmax of `/predict`'s flat `{class: score}` map, `top[0].label` and `timings` of
+//! `/v1/classify`.
 
 use std::fmt;
 
@@ -25,6 +26,51 @@ pub fn predicted_label<'a>(body: &'a [u8], flat_scores: bool) -> Option<&'a str>
         }
         let c: Classification<'a> = serde_json::from_slice(body).ok()?;
         c.top.first().map(|l| l.label)
+    }
+}
+
+/// The `timings` of a `/v1/classify` answer, in ms, as the tiers and the ingress measured them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+pub struct Timings {
+    pub request_queue_ms: Option<f64>,
+    pub download_ms: Option<f64>,
+    pub preprocess_ms: Option<f64>,
+    pub tensor_queue_ms: Option<f64>,
+    pub inference_ms: Option<f64>,
+    pub total_ms: Option<f64>,
+}
+
+impl Timings {
+    /// The answer's `timings`, when it has them.
+    pub fn of(body: &[u8]) -> Option<Self> {
+        #[derive(Deserialize)]
+        struct Answer {
+            timings: Timings,
+        }
+        serde_json::from_slice::<Answer>(body)
+            .ok()
+            .map(|a| a.timings)
+    }
+
+    /// Each figure by its name in the answer.
+    pub fn fields(&self) -> [(&'static str, Option<f64>); 6] {
+        [
+            ("request_queue_ms", self.request_queue_ms),
+            ("download_ms", self.download_ms),
+            ("preprocess_ms", self.preprocess_ms),
+            ("tensor_queue_ms", self.tensor_queue_ms),
+            ("inference_ms", self.inference_ms),
+            ("total_ms", self.total_ms),
+        ]
+    }
+
+    /// What the tiers measured of a request's time: every figure but the ingress's total.
+    pub fn inside(&self) -> f64 {
+        self.fields()
+            .iter()
+            .filter(|(name, _)| *name != "total_ms")
+            .filter_map(|(_, v)| *v)
+            .sum()
     }
 }
 
@@ -99,6 +145,17 @@ mod tests {
         assert_eq!(predicted_label(body, false), Some("shoes"));
         assert_eq!(predicted_label(br#"{"top": []}"#, false), None);
         assert_eq!(predicted_label(b"{}", false), None);
+    }
+
+    #[test]
+    fn timings_of_a_classification() {
+        let body = br#"{"top": [], "timings": {"request_queue_ms": 1.5, "preprocess_ms": 2,
+            "inference_ms": 20.25, "total_ms": 30, "batch_size": 2}}"#;
+        let t = Timings::of(body).unwrap_or_else(|| panic!("no timings"));
+        assert_eq!(t.total_ms, Some(30.0));
+        assert_eq!(t.download_ms, None);
+        assert_eq!(t.inside(), 23.75);
+        assert_eq!(Timings::of(b"{}"), None);
     }
 
     #[test]

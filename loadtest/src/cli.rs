@@ -1,4 +1,6 @@
-//! Command line: `run` (the load test) and `serve-noop` (a target that answers at once).
+//! Command line: `run` (the load test), `serve-noop` (a target that answers at once), `report`
+//! (a benchmark's markdown section from its results folder) and `section` (writes one section of
+//! BENCHMARKS.md).
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -27,6 +29,54 @@ pub enum Command {
     /// Answer `{}` with 200 at once on every path: a target that costs nothing, to measure the
     /// load generator itself. Prints its URL on the first line of stdout.
     ServeNoop(NoopArgs),
+    /// Write the markdown section of a benchmark script from its results folder (on stdout, or
+    /// to --out).
+    #[command(subcommand)]
+    Report(ReportCommand),
+    /// Replace the section between `<!-- BEGIN NAME -->` and `<!-- END NAME -->` of DOC with the
+    /// markdown in FILE (`-`: stdin), keeping the rest of DOC byte for byte.
+    Section(SectionArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// `scripts/bench.sh`: the pipeline section, and its chart as SVG.
+    Pipeline {
+        #[command(flatten)]
+        common: ReportArgs,
+        /// Where to write the chart; the markdown links to this path.
+        #[arg(long, default_value = "benchmarks/pipeline.svg")]
+        chart: PathBuf,
+    },
+    /// `scripts/bench_ingress.sh`: added latency, overload, cancellation.
+    Ingress(ReportArgs),
+    /// `scripts/bench_plumbing.sh`: the null model's CPU per answer, hops, the monolith.
+    Plumbing(ReportArgs),
+    /// `scripts/bench_tracing.sh`: throughput and CPU per answer with tracing off and on.
+    Tracing(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The folder the benchmark script left its results in.
+    pub results: PathBuf,
+    /// Write the markdown here instead of stdout.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SectionArgs {
+    /// The section's name (lowercase letters, digits, '-').
+    pub name: String,
+    /// The new markdown (`-`: stdin).
+    pub file: PathBuf,
+    /// The document.
+    #[arg(default_value = "BENCHMARKS.md")]
+    pub doc: PathBuf,
+    /// Add the section at the end when DOC has none of that name (else that is an error).
+    #[arg(long)]
+    pub append: bool,
 }
 
 /// What is called.
@@ -119,6 +169,10 @@ pub struct RunArgs {
     /// No progress bar even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
+    /// Keep the `timings` of each successful `/v1/classify` answer and report their medians
+    /// with the client's time (`timings_p50_ms`): where a request's time goes.
+    #[arg(long)]
+    pub timings: bool,
 }
 
 impl RunArgs {
@@ -195,7 +249,7 @@ mod tests {
             .command
         {
             Command::Run(a) => *a,
-            Command::ServeNoop(_) => panic!("not run"),
+            _ => panic!("not run"),
         }
     }
 

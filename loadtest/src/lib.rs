@@ -39,7 +39,7 @@ pub async fn load_test(args: cli::RunArgs) -> anyhow::Result<report::Report> {
         Some(images::ImageServer::start(&set, args.image_addr).await?)
     };
     let target = target::Target::new(&args, &set, server.as_ref()).await?;
-    let shared = Arc::new(run::Shared::new(set.classes.len()));
+    let shared = Arc::new(run::Shared::new(set.classes.len(), args.timings));
     let bar = progress::Progress::start(
         args.show_progress(),
         plan.measured_total(),

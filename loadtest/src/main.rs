@@ -1,14 +1,17 @@
 //! `clothesline-loadtest run ...` sends load and reports; `clothesline-loadtest serve-noop`
-//! answers `{}` at once, a target that costs nothing, to measure the load generator itself.
+//! answers `{}` at once, a target that costs nothing, to measure the load generator itself;
+//! `report` and `section` turn benchmark results into BENCHMARKS.md sections (no runtime needed).
 
 use clap::Parser;
 use clothesline_loadtest::cli::{Cli, Command};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let threads = match &cli.command {
-        Command::Run(a) => a.threads,
-        Command::ServeNoop(a) => a.threads,
+    let threads = match cli.command {
+        Command::Run(ref a) => a.threads,
+        Command::ServeNoop(ref a) => a.threads,
+        Command::Report(command) => return clothesline_loadtest::report::command::report(command),
+        Command::Section(args) => return clothesline_loadtest::report::command::section(&args),
     };
     let runtime = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -24,6 +27,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Run(args) => clothesline_loadtest::load_test(*args).await.map(|_| ()),
             Command::ServeNoop(args) => clothesline_loadtest::noop::serve(args.addr).await,
+            Command::Report(_) | Command::Section(_) => Ok(()),
         }
     })
 }

@@ -1,4 +1,16 @@
-//! The final report: the same fields as text (stdout) and as JSON (`--json`).
+//! The final report: the same fields as text (stdout) and as JSON (`--json`); below it, the
+//! markdown sections of the benchmark scripts made from such reports (`report`, `section`).
+
+pub mod chart;
+pub mod command;
+pub mod ingress;
+pub mod md;
+pub mod pipeline;
+pub mod pipeline_runs;
+pub mod plumbing;
+pub mod results;
+pub mod section;
+pub mod tracing;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -26,6 +38,7 @@ pub struct Report {
     pub concurrency: Option<usize>,
     pub warmup_s: f64,
     /// Open loop: the scheduler's tick (requests due within one are sent together).
+    #[serde(default)]
     pub tick_ms: f64,
     /// From the first counted request's (intended) send time to the last counted answer.
     pub window_s: f64,
@@ -34,6 +47,7 @@ pub struct Report {
     pub ok: u64,
     pub errors: u64,
     /// Answers of the whole run, the warm-up's included (to relate a server's CPU time to).
+    #[serde(default)]
     pub answered_all: u64,
     /// Counted answers per second over the window, and successful ones.
     pub throughput_rps: f64,
@@ -48,6 +62,10 @@ pub struct Report {
     pub accuracy: Option<Accuracy>,
     /// The load generator's own CPU use over the whole run, warm-up included.
     pub loadgen_cpu: Option<Usage>,
+    /// With `--timings`: the medians (ms) of the successful answers' `timings`, of the client's
+    /// time (`client_ms`) and of what the tiers' figures leave of it (`unaccounted_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings_p50_ms: Option<BTreeMap<String, f64>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,6 +133,7 @@ impl Report {
             latency_ms: r.latency(),
             accuracy,
             loadgen_cpu: cpu,
+            timings_p50_ms: r.timings_p50(),
         }
     }
 
@@ -138,9 +157,10 @@ impl Report {
             "answers     {} ({} ok, {} errors)\nthroughput  {:.2} req/s ({:.2} ok/s)",
             self.completed, self.ok, self.errors, self.throughput_rps, self.ok_throughput_rps
         );
-        let _ = writeln!(s, "statuses    {}", join(&self.statuses));
+        let _ = writeln!(s, "statuses    {}", join_counts(&self.statuses, ": ", ", "));
         if !self.error_codes.is_empty() {
-            let _ = writeln!(s, "error codes {}", join(&self.error_codes));
+            let codes = join_counts(&self.error_codes, ": ", ", ");
+            let _ = writeln!(s, "error codes {codes}");
         }
         let l = &self.latency_ms;
         let _ = writeln!(
@@ -176,13 +196,16 @@ impl Report {
     }
 }
 
-fn join(counts: &BTreeMap<String, u64>) -> String {
+/// `200: 4, 503: 1` (with `between` `: ` and `sep` `, `).
+pub fn join_counts(counts: &BTreeMap<String, u64>, between: &str, sep: &str) -> String {
     counts
         .iter()
-        .map(|(k, n)| format!("{k}: {n}"))
+        .map(|(k, n)| format!("{k}{between}{n}"))
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(sep)
 }
 
+#[cfg(test)]
+mod fixture_tests;
 #[cfg(test)]
 mod tests;

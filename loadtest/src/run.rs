@@ -30,9 +30,10 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(classes: usize) -> Self {
+    /// `timings`: keep each answer's `timings` (`--timings`).
+    pub fn new(classes: usize, timings: bool) -> Self {
         Self {
-            recorder: Mutex::new(Recorder::new(classes)),
+            recorder: Mutex::new(Recorder::new(classes).with_timings(timings)),
             sent: AtomicU64::new(0),
             done: AtomicU64::new(0),
             answered: Notify::new(),

@@ -25,6 +25,9 @@ pub struct Recorder {
     pub unreadable: u64,
     /// When the last counted answer came.
     pub last_done: Option<Instant>,
+    /// With `--timings`: each successful answer's `timings` figures, its client time
+    /// (`client_ms`) and what the figures leave of it (`unaccounted_ms`), by name, in ms.
+    pub timings: Option<BTreeMap<&'static str, Vec<f64>>>,
 }
 
 impl Recorder {
@@ -39,7 +42,14 @@ impl Recorder {
             by_class: vec![(0, 0); classes],
             unreadable: 0,
             last_done: None,
+            timings: None,
         }
+    }
+
+    /// Also keeps the answers' `timings` (see [`Recorder::timings`]).
+    pub fn with_timings(mut self, on: bool) -> Self {
+        self.timings = on.then(BTreeMap::new);
+        self
     }
 
     /// Counts one answer; `expected` is the image's class when known.
@@ -69,6 +79,30 @@ impl Recorder {
         if outcome.unreadable {
             self.unreadable += 1;
         }
+        if let (Some(samples), Some(t)) = (&mut self.timings, &outcome.timings) {
+            for (name, value) in t.fields() {
+                if let Some(v) = value {
+                    samples.entry(name).or_default().push(v);
+                }
+            }
+            let client_ms = latency.as_secs_f64() * 1e3;
+            samples.entry("client_ms").or_default().push(client_ms);
+            samples
+                .entry("unaccounted_ms")
+                .or_default()
+                .push(client_ms - t.inside());
+        }
+    }
+
+    /// The median of each kept `timings` figure, in ms.
+    pub fn timings_p50(&self) -> Option<BTreeMap<String, f64>> {
+        let samples = self.timings.as_ref()?;
+        Some(
+            samples
+                .iter()
+                .filter_map(|(k, v)| Some((k.to_string(), crate::report::md::median(v)?)))
+                .collect(),
+        )
     }
 
     /// (answers with a readable label, correct ones) over all classes.
@@ -131,7 +165,36 @@ mod tests {
             error_code: code.map(String::from),
             predicted,
             unreadable: false,
+            timings: None,
         }
+    }
+
+    #[test]
+    fn medians_of_the_answers_timings() {
+        let mut r = Recorder::new(0).with_timings(true);
+        for (ms, inference) in [(30, 20.0), (40, 24.0), (50, 22.0)] {
+            let mut o = outcome(Status::Http(200), None, None);
+            o.timings = Some(crate::answer::Timings {
+                inference_ms: Some(inference),
+                preprocess_ms: Some(1.0),
+                total_ms: Some(25.0),
+                ..Default::default()
+            });
+            r.record(Duration::from_millis(ms), &o, None);
+        }
+        // A failure has no timings and is not counted in them.
+        r.record(
+            Duration::from_millis(1),
+            &outcome(Status::Timeout, None, None),
+            None,
+        );
+        let p50 = r.timings_p50().unwrap_or_default();
+        assert_eq!(p50.get("inference_ms"), Some(&22.0));
+        assert_eq!(p50.get("client_ms"), Some(&40.0));
+        // 30 - 21, 40 - 25, 50 - 23: the median of 9, 15, 27.
+        assert_eq!(p50.get("unaccounted_ms"), Some(&15.0));
+        assert_eq!(p50.get("download_ms"), None);
+        assert_eq!(Recorder::new(0).timings_p50(), None);
     }
 
     #[test]

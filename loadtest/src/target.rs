@@ -5,6 +5,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
+use protocol::names::HEADER_ERROR;
+// The deadline a caller asks the ingress for, over HTTP and over NATS.
+use protocol::names::HEADER_TIMEOUT_MS as NATS_HEADER_TIMEOUT_MS;
+use protocol::names::http::HEADER_TIMEOUT_MS as HTTP_HEADER_TIMEOUT_MS;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 
 use crate::answer;
@@ -48,7 +52,7 @@ impl Status {
 }
 
 /// What the recorder keeps of an answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
     pub status: Status,
     /// The stable error code of an error answer.
@@ -57,6 +61,8 @@ pub struct Outcome {
     pub predicted: Option<usize>,
     /// A successful answer whose label could not be read, or is not one of the classes.
     pub unreadable: bool,
+    /// The answer's `timings`, when asked for (`--timings`) and the answer is a success.
+    pub timings: Option<answer::Timings>,
 }
 
 impl Outcome {
@@ -66,6 +72,7 @@ impl Outcome {
             error_code: None,
             predicted: None,
             unreadable: false,
+            timings: None,
         }
     }
 
@@ -115,12 +122,9 @@ pub struct Target {
     classes: Vec<String>,
     /// The deadline asked for, in ms, as a header value.
     deadline_ms: Option<String>,
+    /// Read each successful answer's `timings`.
+    timings: bool,
 }
-
-const HEADER_ERROR: &str = "Clothesline-Error";
-/// The deadline a caller asks the ingress for, over HTTP and over NATS.
-const HTTP_HEADER_TIMEOUT_MS: &str = "X-Request-Timeout-Ms";
-const NATS_HEADER_TIMEOUT_MS: &str = "Clothesline-Timeout-Ms";
 
 impl Target {
     pub async fn new(
@@ -171,11 +175,21 @@ impl Target {
             requests,
             classes: set.classes.clone(),
             deadline_ms: args.deadline.map(|d| d.as_millis().max(1).to_string()),
+            timings: args.timings,
         })
     }
 
     /// Sends the request of image `image` and reads its answer.
     pub async fn send(&self, image: usize) -> Outcome {
+        let (mut outcome, body) = self.exchange(image).await;
+        if self.timings && outcome.status.is_ok() {
+            outcome.timings = answer::Timings::of(&body);
+        }
+        outcome
+    }
+
+    /// One request and its answer's outcome and body (empty when there was none).
+    async fn exchange(&self, image: usize) -> (Outcome, Bytes) {
         let req = &self.requests[image];
         let flat = self.kind == TargetKind::Predict;
         match &self.transport {
@@ -189,14 +203,15 @@ impl Target {
                 let sent = request.body(req.body.clone()).send().await;
                 let response = match sent {
                     Ok(r) => r,
-                    Err(e) => return Outcome::failed(http_failure(&e)),
+                    Err(e) => return (Outcome::failed(http_failure(&e)), Bytes::new()),
                 };
                 let status = Status::Http(response.status().as_u16());
                 match response.bytes().await {
-                    Ok(body) => {
-                        Outcome::from_body(status, &body, flat, req.want_label, &self.classes)
-                    }
-                    Err(e) => Outcome::failed(http_failure(&e)),
+                    Ok(body) => (
+                        Outcome::from_body(status, &body, flat, req.want_label, &self.classes),
+                        body,
+                    ),
+                    Err(e) => (Outcome::failed(http_failure(&e)), Bytes::new()),
                 }
             }
             Transport::Nats { client, subject } => {
@@ -227,13 +242,16 @@ impl Target {
                         if outcome.error_code.is_none() {
                             outcome.error_code = error.map(|v| v.as_str().to_string());
                         }
-                        outcome
+                        (outcome, msg.payload)
                     }
-                    Err(e) => Outcome::failed(match e.kind() {
-                        async_nats::RequestErrorKind::TimedOut => Status::Timeout,
-                        async_nats::RequestErrorKind::NoResponders => Status::NoResponders,
-                        _ => Status::Transport,
-                    }),
+                    Err(e) => (
+                        Outcome::failed(match e.kind() {
+                            async_nats::RequestErrorKind::TimedOut => Status::Timeout,
+                            async_nats::RequestErrorKind::NoResponders => Status::NoResponders,
+                            _ => Status::Transport,
+                        }),
+                        Bytes::new(),
+                    ),
                 }
             }
         }

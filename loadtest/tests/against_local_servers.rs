@@ -45,7 +45,9 @@ fn answer(label: &[u8], flat: bool) -> Response {
     if flat {
         Json(json!({ label.clone(): 2.5, other: -1.0 })).into_response()
     } else {
-        Json(json!({"top": [{"label": label, "probability": 0.9}]})).into_response()
+        let timings = json!({"preprocess_ms": 1.5, "inference_ms": 2.0, "total_ms": 4.0});
+        Json(json!({"top": [{"label": label, "probability": 0.9}], "timings": timings}))
+            .into_response()
     }
 }
 
@@ -131,6 +133,10 @@ async fn counts_answers_errors_and_accuracy_in_both_loops() {
         (&json!("closed"), &json!("predict"), &json!("url"))
     );
     check_counts(&r);
+    assert!(
+        r.get("timings_p50_ms").is_none(),
+        "only with --timings: {r}"
+    );
 
     let open = [
         "--rate",
@@ -140,6 +146,7 @@ async fn counts_answers_errors_and_accuracy_in_both_loops() {
         "--target",
         "classify",
         "--upload",
+        "--timings",
     ];
     let r = load_test(&ingress, images.path(), &open).await;
     assert_eq!(
@@ -147,6 +154,15 @@ async fn counts_answers_errors_and_accuracy_in_both_loops() {
         (&json!("open"), &json!("upload"))
     );
     check_counts(&r);
+    // The stand-in's figures, from the 40 successful answers.
+    let t = &r["timings_p50_ms"];
+    assert_eq!(
+        (&t["inference_ms"], &t["total_ms"]),
+        (&json!(2.0), &json!(4.0)),
+        "{r}"
+    );
+    assert!(t["client_ms"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(t.get("download_ms").is_none(), "{r}");
 
     // Warm-up requests are sent but not counted.
     let warm = [
@@ -186,5 +202,16 @@ async fn serve_noop_answers_everything() {
     assert_eq!(r["accuracy"]["scored"], 0, "{r}");
     assert_eq!(r["accuracy"]["unreadable"], 24, "{r}");
     assert!(r["loadgen_cpu"]["wall_s"].as_f64().unwrap() > 0.0, "{r}");
+    // An OTLP/HTTP export gets an empty protobuf answer (a valid ExportTraceServiceResponse).
+    let export = reqwest::Client::new()
+        .post(format!("{url}/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(vec![10, 0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(export.status(), 200);
+    assert_eq!(export.headers()["content-type"], "application/x-protobuf");
+    assert!(export.bytes().await.unwrap().is_empty());
     noop.kill().await.unwrap();
 }

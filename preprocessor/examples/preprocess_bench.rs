@@ -393,9 +393,20 @@ fn main() -> anyhow::Result<()> {
     ));
     println!("\n{md}");
     if args.write {
-        let mut child = Command::new("python3")
+        // `clothesline-loadtest section`, built by cargo if need be.
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut child = Command::new(cargo)
             .current_dir(repo_root())
-            .args(["scripts/bench_section.py", "preprocessor", "-"])
+            .args([
+                "run",
+                "--release",
+                "--locked",
+                "-q",
+                "-p",
+                "clothesline-loadtest",
+                "--",
+            ])
+            .args(["section", "preprocessor", "-"])
             .stdin(Stdio::piped())
             .spawn()?;
         child
@@ -403,7 +414,10 @@ fn main() -> anyhow::Result<()> {
             .take()
             .ok_or_else(|| anyhow::anyhow!("no stdin"))?
             .write_all(md.as_bytes())?;
-        anyhow::ensure!(child.wait()?.success(), "bench_section.py failed");
+        anyhow::ensure!(
+            child.wait()?.success(),
+            "clothesline-loadtest section failed"
+        );
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use protocol::runtime::{LogArgs, NatsArgs};
+use tierkit::runtime::{LogArgs, NatsArgs};
 
 use crate::imaging::{DEFAULT_MAX_PIXELS, ImageSpec};
 use crate::net::DownloadPolicy;

@@ -147,7 +147,7 @@ mod tests {
         m.download_seconds.observe(0.2);
         m.downloaded_bytes.inc_by(10);
         m.inflight.inc();
-        let text = protocol::runtime::metrics_text(&m.registry);
+        let text = tierkit::runtime::metrics_text(&m.registry);
         for name in [
             "preprocessor_requests_total{outcome=\"error\"} 1",
             "preprocessor_requests_total{outcome=\"ok\"} 0",

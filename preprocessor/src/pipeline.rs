@@ -12,7 +12,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use protocol::manifest::InputSpec;
 use protocol::messages::RequestPayload;
-use protocol::meta::now_ms;
 use protocol::{Error, ErrorCode, ModelRef, RequestMeta, TensorMessage, Timings};
 use tokio::sync::Semaphore;
 
@@ -242,7 +241,7 @@ impl Pipeline {
 }
 
 fn check_deadline(meta: &RequestMeta, when: &str) -> Result<(), Error> {
-    if meta.expired_at(now_ms()) {
+    if meta.expired() {
         return Err(Error::new(
             ErrorCode::DeadlineExceeded,
             format!("the request's deadline passed {when}"),

@@ -20,10 +20,10 @@ use futures::StreamExt;
 use protocol::manifest::{InputSpec, Manifest};
 use protocol::meta::now_ms;
 use protocol::models::{
-    POLICY_KEY, Policy, Registry, RegistryError, SERVING_PREFIX, Serving, parse_policy,
-    served_versions,
+    POLICY_KEY, Policy, SERVING_PREFIX, Serving, parse_policy, served_versions,
 };
 use protocol::{Error, ErrorCode, ModelRef};
+use tierkit::models::{Registry, RegistryError};
 use tokio_util::sync::CancellationToken;
 
 use crate::imaging::ImageSpec;

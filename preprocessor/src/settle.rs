@@ -10,11 +10,11 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::{self, AckKind};
 use protocol::cancel::CancelSet;
-use protocol::meta::{content_type, now_ms};
+use protocol::meta::{MalformedMeta, content_type, fallback_request_id, now_ms};
 use protocol::names::*;
-use protocol::publish::{PublishFailure, publish_until};
 use protocol::reply_to;
 use protocol::{Error, ErrorCode, Reply, RequestMeta, TensorMessage};
+use tierkit::publish::{PublishFailure, publish_until};
 use tracing::Instrument as _;
 
 use crate::metrics::{Metrics, outcome};
@@ -131,25 +131,13 @@ fn tensor_msg_id(meta: &RequestMeta, delivery: Delivery) -> String {
     }
 }
 
-/// The request's metadata; a malformed deadline still yields the id and reply subject, so the
-/// error can be answered.
+/// The request's metadata, and the error of headers that do not parse (still answered to the
+/// caller with what could be read: id, reply subject, trace context).
 fn read_meta(headers: Option<&HeaderMap>, sequence: u64) -> (RequestMeta, Option<Error>) {
-    let fallback = || format!("seq-{sequence}");
-    match RequestMeta::from_headers(headers, fallback) {
+    match RequestMeta::from_headers(headers, || fallback_request_id(REQUESTS_STREAM, sequence)) {
         Ok(meta) => (meta, None),
-        Err(error) => {
-            let mut without_deadline = headers.cloned().unwrap_or_default();
-            without_deadline.insert(HEADER_DEADLINE, "");
-            let meta =
-                RequestMeta::from_headers(Some(&without_deadline), fallback).unwrap_or_else(|_| {
-                    RequestMeta {
-                        request_id: fallback(),
-                        reply_to: None,
-                        deadline_ms: None,
-                        traceparent: None,
-                        model_version: None,
-                    }
-                });
+        Err(bad) => {
+            let MalformedMeta { meta, error } = *bad;
             (meta, Some(error))
         }
     }
@@ -274,10 +262,7 @@ impl Settler {
         // A tensors stream between leaders, or a connection moving to another server, is
         // retried here for a while (same Nats-Msg-Id: stored once); longer outages go back to the
         // queue as a transient failure.
-        let remaining = meta
-            .deadline_ms
-            .map(|d| Duration::from_millis(d.saturating_sub(now_ms())))
-            .unwrap_or(MAX_PUBLISH_RETRY);
+        let remaining = meta.remaining().unwrap_or(MAX_PUBLISH_RETRY);
         let until = tokio::time::Instant::now() + remaining.min(MAX_PUBLISH_RETRY);
         let payload = tensor.encode().into();
         match publish_until(&self.js, TENSORS_SUBJECT, headers, payload, until).await {
@@ -357,13 +342,7 @@ impl Settler {
         let Some(reply_to) = meta.reply_to.as_deref() else {
             return;
         };
-        let mut headers = HeaderMap::new();
-        headers.insert(HEADER_REQUEST_ID, meta.request_id.as_str());
-        headers.insert(HEADER_CONTENT_TYPE, CONTENT_TYPE_JSON);
-        headers.insert(HEADER_ERROR, error.code.as_str());
-        if let Some(t) = &meta.traceparent {
-            headers.insert(HEADER_TRACEPARENT, t.as_str());
-        }
+        let headers = meta.reply_headers(Some(error.code), None);
         let body = Reply::error(meta.request_id.clone(), error).encode();
         if let Err(e) = self
             .client
@@ -438,6 +417,6 @@ mod tests {
         assert_eq!(meta.reply_to.as_deref(), Some("clothesline.replies.i"));
         let (meta, error) = read_meta(None, 7);
         assert!(error.is_none());
-        assert_eq!(meta.request_id, "seq-7");
+        assert_eq!(meta.request_id, "CLOTHESLINE_REQUESTS-7");
     }
 }

@@ -1,4 +1,4 @@
-//! The preprocessor's spans (see [`protocol::telemetry`]): one per request message, child of the
+//! The preprocessor's spans (see [`tierkit::telemetry`]): one per request message, child of the
 //! ingress's publish, with its queue wait (from the message's publish time), download, decode,
 //! resize and tensor publish; the tensor message carries the publish span's `traceparent`.
 
@@ -8,7 +8,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::Message;
 use protocol::meta::now_ms;
 use protocol::names::{HEADER_REQUEST_ID, HEADER_TRACEPARENT, TENSORS_SUBJECT};
-use protocol::telemetry::{self, at_ms, past_span};
+use tierkit::telemetry::{self, at_ms, past_span};
 use tracing::field::Empty;
 
 fn header<'a>(msg: &'a Message, name: &str) -> Option<&'a str> {

@@ -15,10 +15,10 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt;
 use protocol::Manifest;
-use protocol::cancel;
 use protocol::names::{PREPROCESSOR_CONSUMER, REQUESTS_STREAM};
-use protocol::provision::wait_for_consumer;
-use protocol::runtime::{Grace, ReadyCheck, bounded, nats_connected, serve_health, token_from};
+use tierkit::cancel;
+use tierkit::provision::wait_for_consumer;
+use tierkit::runtime::{Grace, ReadyCheck, bounded, nats_connected, serve_health, token_from};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::sleep_until;
@@ -122,7 +122,7 @@ pub async fn run(
         .await
         .context("cannot subscribe to cancellations")?;
     // Without the model buckets (not provisioned), the shipped model serves, as before.
-    let registry = protocol::models::Registry::open(&js).await;
+    let registry = tierkit::models::Registry::open(&js).await;
     if registry.is_none() {
         tracing::info!("no model buckets in NATS: every request gets the shipped model");
     }

@@ -62,7 +62,8 @@ fn arrival() -> Arrival {
 async fn uploaded_image_becomes_a_checked_tensor() {
     let metrics = Metrics::new().unwrap();
     let p = pipeline(&metrics);
-    let meta = RequestMeta::new(None, Some(Duration::from_secs(30)));
+    let meta =
+        RequestMeta::new(protocol::meta::new_request_id()).with_timeout(Duration::from_secs(30));
     let t = p
         .tensor(&meta, Some("image/png"), Bytes::from(png()), arrival())
         .await
@@ -81,7 +82,7 @@ async fn url_requests_are_downloaded() {
     let p = pipeline(&metrics);
     let addr = common::origin::start(png()).await;
     let body = format!(r#"{{"url": "http://{addr}/redirect"}}"#);
-    let meta = RequestMeta::new(None, None);
+    let meta = RequestMeta::new(protocol::meta::new_request_id());
     let t = p
         .tensor(
             &meta,
@@ -106,15 +107,15 @@ async fn url_requests_are_downloaded() {
 #[tokio::test]
 async fn expired_and_malformed_requests_are_refused() {
     let p = pipeline(&Metrics::new().unwrap());
-    let mut expired = RequestMeta::new(None, None);
-    expired.deadline_ms = Some(now_ms().saturating_sub(1));
+    let mut expired = RequestMeta::new(protocol::meta::new_request_id());
+    expired.deadline = Some(protocol::meta::Deadline::at_ms(now_ms().saturating_sub(1)));
     let err = p
         .tensor(&expired, Some("image/png"), Bytes::from(png()), arrival())
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::DeadlineExceeded);
 
-    let meta = RequestMeta::new(None, None);
+    let meta = RequestMeta::new(protocol::meta::new_request_id());
     let cases: [(Option<&str>, &[u8], ErrorCode); 5] = [
         (Some("application/json"), b"{", ErrorCode::BadRequest),
         (None, br#"{"url": 5}"#, ErrorCode::BadRequest),

@@ -7,7 +7,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::messages::ModelRef;
+/// Which model a tensor was made for, or a prediction was made by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRef {
+    pub name: String,
+    pub version: String,
+}
 
 /// The manifest every command uses by default, relative to the repository root.
 pub const DEFAULT_MANIFEST: &str = "model/manifest.json";

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorCode};
-use crate::manifest::InputSpec;
+use crate::manifest::{InputSpec, ModelRef};
 
 /// Version of the [`TensorMessage`] layout; bumped on any incompatible change.
 pub const TENSOR_FORMAT_VERSION: u32 = 1;
@@ -80,13 +80,7 @@ impl RequestPayload {
     /// `application/octet-stream` is the image itself; anything else is refused.
     pub fn parse(content_type: Option<&str>, payload: bytes::Bytes) -> Result<Self, Error> {
         let mime = content_type
-            .map(|c| {
-                c.split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase()
-            })
+            .map(crate::meta::media_type)
             .unwrap_or_default();
         match mime.as_str() {
             "" | "application/json" => Ok(Self::Url(ClassifyRequest::from_json(&payload)?)),
@@ -105,13 +99,6 @@ impl RequestPayload {
             )),
         }
     }
-}
-
-/// Which model a tensor was made for, or a prediction was made by.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModelRef {
-    pub name: String,
-    pub version: String,
 }
 
 /// Element type of a tensor's data.

@@ -60,6 +60,18 @@ pub const HEADER_MODEL_VERSION: &str = "Clothesline-Model-Version";
 /// JetStream's de-duplication header.
 pub const HEADER_NATS_MSG_ID: &str = "Nats-Msg-Id";
 
+/// The HTTP API's headers (the ingress's). The NATS headers above are the messages'; where the
+/// two carry the same thing (request id, timeout, model version) the names differ on purpose:
+/// `X-` names are what HTTP clients of the Flask gateway already send.
+pub mod http {
+    /// A shorter deadline than the default, in milliseconds.
+    pub const HEADER_TIMEOUT_MS: &str = "x-request-timeout-ms";
+    /// Request id, accepted from the caller (if sane) and always returned.
+    pub const HEADER_REQUEST_ID: &str = "x-request-id";
+    /// Pins a request to a model version; on `/predict` answers, the version that served it.
+    pub const HEADER_MODEL_VERSION: &str = "x-model-version";
+}
+
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 pub const CONTENT_TYPE_MSGPACK: &str = "application/msgpack";
 

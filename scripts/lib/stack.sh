@@ -2,17 +2,19 @@
 # The set-up shared by the benchmark scripts: the local stack is `clothesline-stack up` (the
 # integration harness's launcher, tests/stack/) on free ports: nats-server, provisioning, one
 # gpu-worker, one preprocessor (allowed to fetch from 127.0.0.1), one ingress, each waited for on
-# its readiness endpoint; the images folder served too. Sourced by the bench*.sh scripts.
+# its readiness endpoint. Sourced by the bench*.sh scripts.
 #
 #   bench_init TAG   RESULTS (BENCH_KEEP, else a new temp folder; reports of an earlier run
 #                    removed), LOG_DIR (its logs/), IMAGES (BENCH_IMAGES, else the validation
-#                    split), BIN (the release binaries), LOADTEST; `log` lines carry TAG
+#                    split), BIN (the release binaries, or BENCH_BIN: binaries already built,
+#                    e.g. target/debug for a dry run; the scripts then build nothing), LOADTEST;
+#                    `log` lines carry TAG
 #   log MESSAGE      a timestamped line on stderr
 #   stack_start      start it; extra options per tier in the arrays WORKER_ARGS,
 #                    PREPROCESSOR_ARGS and INGRESS_ARGS, JetStream definitions from DEFINITIONS
 #                    (default: built in), the model from MODEL_MANIFEST, DEVICE (cpu); sets the
 #                    endpoints (tests/stack/endpoints.rs): NATS_URL, NATS_MONITOR_PORT,
-#                    INGRESS_PORT, PREPROCESSOR_PORT, GPU_WORKER_PORT, SERVED_URL, the *_PID
+#                    INGRESS_PORT, PREPROCESSOR_PORT, GPU_WORKER_PORT, the *_PID
 #   stack_stop       SIGTERM to the launcher: it stops the tiers, then nats-server, each within
 #                    its grace, and exits
 #   stop_all         stack_stop, and SIGTERM to the processes in `pids`
@@ -36,7 +38,7 @@ bench_init() {
   rm -f "$RESULTS"/*.json "$RESULTS"/*.txt
   LOG_DIR="$RESULTS/logs"
   mkdir -p "$LOG_DIR"
-  BIN=target/release
+  BIN="${BENCH_BIN:-target/release}"
   LOADTEST="$BIN/clothesline-loadtest"
   SECONDS=0
 }
@@ -51,7 +53,7 @@ free_port() { "${STACK:-$BIN/clothesline-stack}" ports 1; }
 
 stack_start() {
   local args=(up --bin-dir "$BIN" --endpoints "$RESULTS/stack.env" --log-dir "$LOG_DIR"
-    --log-level "${RUST_LOG:-warn}" --allow-private-addresses --serve "$IMAGES") a key value
+    --log-level "${RUST_LOG:-warn}" --allow-private-addresses) a key value
   [ -z "${DEFINITIONS:-}" ] || args+=(--definitions "$DEFINITIONS")
   for a in "${WORKER_ARGS[@]}"; do args+=("--worker-arg=$a"); done
   for a in "${PREPROCESSOR_ARGS[@]}"; do args+=("--preprocessor-arg=$a"); done

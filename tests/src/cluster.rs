@@ -115,7 +115,7 @@ impl NatsCluster {
 
     /// A client that may connect to any node.
     pub async fn client(&self) -> async_nats::Client {
-        let addrs = protocol::runtime::parse_server_addrs(&self.urls()).unwrap();
+        let addrs = tierkit::runtime::parse_server_addrs(&self.urls()).unwrap();
         async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
             .connect(addrs)

@@ -11,7 +11,7 @@ use async_nats::{Client, Event, HeaderMap};
 use bytes::Bytes;
 use futures::StreamExt;
 use protocol::names::*;
-use protocol::provision::{Topology, provision};
+use tierkit::provision::{Topology, provision};
 use tokio::sync::mpsc;
 
 use crate::nats::NatsServer;

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use protocol::provision::{Topology, provision};
+use tierkit::provision::{Topology, provision};
 
 use crate::nats::{NatsServer, ServerConfig};
 use crate::tier::{Launch, wait_ready};

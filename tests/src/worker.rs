@@ -7,7 +7,8 @@ use crate::{free_port, paths};
 
 pub const WORKER_NAME: &str = "clothesline-gpu-worker";
 
-pub struct Worker(pub Child);
+/// The process, and the port of its health and metrics endpoint.
+pub struct Worker(pub Child, pub u16);
 
 impl Worker {
     /// Starts a worker against `nats_url` with extra `args`; its logs go to stderr when
@@ -15,6 +16,7 @@ impl Worker {
     pub fn spawn(nats_url: &str, args: &[&str]) -> Self {
         let manifest = paths::manifest();
         let log = std::env::var("CLOTHESLINE_TEST_LOG").ok();
+        let port = free_port();
         let child = Command::new(paths::bin(WORKER_NAME))
             .current_dir(paths::repo_root())
             .env("NATS_URL", nats_url)
@@ -22,7 +24,7 @@ impl Worker {
             .arg("--manifest")
             .arg(&manifest)
             .args(["--device", "cpu", "--http-addr"])
-            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg(format!("127.0.0.1:{port}"))
             .args(args)
             .stdout(Stdio::null())
             .stderr(if log.is_some() {
@@ -32,7 +34,12 @@ impl Worker {
             })
             .spawn()
             .expect("start clothesline-gpu-worker");
-        Self(child)
+        Self(child, port)
+    }
+
+    /// The URL of `path` on its health and metrics endpoint.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.1)
     }
 }
 

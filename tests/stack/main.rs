@@ -8,15 +8,13 @@
 //! - `chaos`: a steady load while tiers and NATS servers are SIGKILLed and restarted; reports
 //!   what every caller got and writes the Markdown section of RELIABILITY.md;
 //! - `ports N`: N free TCP ports, no two alike;
-//! - `drained`: waits until the work queues of a running stack are drained;
-//! - `sink`: an OTLP/HTTP sink that keeps nothing.
+//! - `drained`: waits until the work queues of a running stack are drained.
 
 mod chaos;
 mod endpoints;
 mod options;
 mod report;
 mod running;
-mod sink;
 mod up;
 
 use std::process::ExitCode;
@@ -55,11 +53,6 @@ enum Command {
         #[arg(long, default_value_t = 180)]
         timeout: u64,
     },
-    /// Answer every OTLP/HTTP export with 200 and keep nothing.
-    Sink {
-        #[arg(long, default_value = "127.0.0.1:4318")]
-        addr: std::net::SocketAddr,
-    },
 }
 
 fn main() -> ExitCode {
@@ -93,7 +86,6 @@ fn main() -> ExitCode {
                 }
                 Ok(drained.is_some())
             }
-            Command::Sink { addr } => sink::run(addr).await,
             Command::Ports { .. } => Ok(true),
         }
     });

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use clothesline_tests::paths;
 use clothesline_tests::stack::{Ports, StackOptions};
-use protocol::provision::Topology;
+use tierkit::provision::Topology;
 
 #[derive(Debug, Args)]
 pub struct StackArgs {

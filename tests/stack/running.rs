@@ -8,7 +8,7 @@ use clothesline_tests::cluster::NatsCluster;
 use clothesline_tests::nats::NatsServer;
 use clothesline_tests::stack::{Kind, Stack, StackOptions, Tier, Tiers};
 use protocol::names::*;
-use protocol::provision::provision;
+use tierkit::provision::provision;
 
 /// How long nats-server may take to exit after SIGTERM.
 const NATS_GRACE: Duration = Duration::from_secs(15);
@@ -56,7 +56,7 @@ impl Nats {
 
     /// A JetStream context on a client that may connect to any server.
     pub async fn js(&self) -> anyhow::Result<jetstream::Context> {
-        let addrs = protocol::runtime::parse_server_addrs(&self.url())?;
+        let addrs = tierkit::runtime::parse_server_addrs(&self.url())?;
         let client = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
             .connect(addrs)
@@ -215,7 +215,7 @@ pub async fn wait_drained(js: &jetstream::Context, within: Duration) -> Queues {
 
 /// Waits until the work queues of the stack at `nats_url` are drained; `None` past `within`.
 pub async fn drained(nats_url: &str, within: Duration) -> anyhow::Result<Option<Queues>> {
-    let addrs = protocol::runtime::parse_server_addrs(nats_url)?;
+    let addrs = tierkit::runtime::parse_server_addrs(nats_url)?;
     let js = jetstream::new(async_nats::connect(addrs).await?);
     let q = wait_drained(&js, within).await;
     Ok(q.is_empty().then_some(q))

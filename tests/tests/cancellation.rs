@@ -119,7 +119,9 @@ async fn ids_cancelled_before_their_messages_arrive_are_skipped_by_both_workers(
     metric_reaches(http, &worker_metrics, received, 2.0).await;
 
     let meta = |id: &str| {
-        let mut m = RequestMeta::new(Some(replies_subject.into()), Some(Duration::from_secs(60)));
+        let mut m = RequestMeta::new(protocol::meta::new_request_id())
+            .with_reply_to(replies_subject)
+            .with_timeout(Duration::from_secs(60));
         m.request_id = id.into();
         m
     };

@@ -16,7 +16,7 @@ use clothesline_tests::origin::{metric, metrics_text};
 use clothesline_tests::stack::{StackOptions, Tiers};
 use clothesline_tests::{paths, wait_until};
 use protocol::names::*;
-use protocol::provision::{Topology, provision};
+use tierkit::provision::{Topology, provision};
 
 /// Requests per second of the steady load.
 const RATE: f64 = 8.0;

@@ -23,8 +23,8 @@ use protocol::names::{
     GPU_WORKER_CONSUMER, HEADER_NATS_MSG_ID, PREPROCESSOR_CONSUMER, REQUESTS_STREAM,
     REQUESTS_SUBJECT, TENSORS_STREAM, TENSORS_SUBJECT,
 };
-use protocol::provision::{Topology, provision};
 use serde_json::{Value, json};
+use tierkit::provision::{Topology, provision};
 
 /// Runs `deploy/check.py` with the Python that `scripts/deps.sh` sets up. The NATS configs read
 /// the users' passwords from the environment: `nats-server -t` needs them set (to anything).

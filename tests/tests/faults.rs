@@ -22,15 +22,15 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use clothesline_tests::origin::{Origin, metric, metrics_text};
+use clothesline_tests::origin::{Origin, metric, metric_reaches, metrics_text};
 use clothesline_tests::stack::{Stack, StackOptions, Tier};
 use clothesline_tests::worker::{Worker, publish_tensor};
 use clothesline_tests::{paths, wait_until};
 use futures::StreamExt;
 use protocol::messages::Outcome;
 use protocol::names::*;
-use protocol::provision::{Topology, provision};
 use protocol::{Manifest, Reply, RequestMeta};
+use tierkit::provision::{Topology, provision};
 
 /// Sends `POST /v1/classify {"url"}` with a deadline of `deadline_ms` on a task of its own.
 fn classify(
@@ -281,7 +281,9 @@ async fn in_progress_acks_keep_a_long_batch_from_being_redelivered() {
 
     let len = Manifest::load(paths::manifest()).unwrap().input_len();
     for i in 0..TENSORS {
-        let meta = RequestMeta::new(Some(REPLIES.into()), Some(Duration::from_secs(600)));
+        let meta = RequestMeta::new(protocol::meta::new_request_id())
+            .with_reply_to(REPLIES)
+            .with_timeout(Duration::from_secs(600));
         publish_tensor(&js, &meta, vec![(i * 3) as u8; len]).await;
     }
     let _worker = Worker::spawn(
@@ -343,7 +345,9 @@ async fn a_gpu_worker_whose_grace_ends_mid_batch_hands_its_tensors_back() {
 
     let len = Manifest::load(paths::manifest()).unwrap().input_len();
     for i in 0..TENSORS {
-        let meta = RequestMeta::new(Some(REPLIES.into()), Some(Duration::from_secs(600)));
+        let meta = RequestMeta::new(protocol::meta::new_request_id())
+            .with_reply_to(REPLIES)
+            .with_timeout(Duration::from_secs(600));
         publish_tensor(&js, &meta, vec![(i * 5) as u8; len]).await;
     }
     // One batch of 64 on one CPU thread runs for seconds, far beyond a 100 ms grace.
@@ -372,6 +376,17 @@ async fn a_gpu_worker_whose_grace_ends_mid_batch_hands_its_tensors_back() {
             let info = consumer_info(js_ref, TENSORS_STREAM, GPU_WORKER_CONSUMER).await;
             (info.num_ack_pending == TENSORS).then_some(())
         },
+    )
+    .await;
+    // Held is not yet running: on a loaded machine SIGTERM could come between the pull and the
+    // batch's start, and the worker would hand everything back and exit 0. The batch has started
+    // once the engine has been given it (its size is observed then).
+    let http = reqwest::Client::new();
+    metric_reaches(
+        &http,
+        &first.url("/metrics"),
+        "gpu_worker_batch_size_count",
+        1.0,
     )
     .await;
     clothesline_tests::stack::sigterm(&first.0);

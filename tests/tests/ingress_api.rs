@@ -10,7 +10,7 @@ use clothesline_tests::nats::NatsServer;
 use clothesline_tests::stack::{Stack, StackOptions};
 use clothesline_tests::{free_port, paths, wait_until};
 use protocol::names::*;
-use protocol::provision::{Topology, provision};
+use tierkit::provision::{Topology, provision};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_service_answers_like_http_and_is_listed() {

@@ -594,7 +594,9 @@ async fn rollout_benchmark() {
     let pid = stack.worker.pid();
 
     let started = Instant::now();
-    let sent: Arc<Mutex<Vec<(f64, f64, u16, Option<String>)>>> = Arc::default();
+    // (sent at s, latency s, status, model version) per request.
+    type Sent = Vec<(f64, f64, u16, Option<String>)>;
+    let sent: Arc<Mutex<Sent>> = Arc::default();
     let phase = Duration::from_secs(20);
     let load = {
         let (sent, http, endpoint, url) = (

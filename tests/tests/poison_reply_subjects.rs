@@ -87,7 +87,7 @@ async fn poison_reply_subjects_are_terminated_counted_and_never_published_to() {
         let meta = RequestMeta {
             request_id: format!("poison-t{i}"),
             reply_to: Some(subject.clone()),
-            deadline_ms: None,
+            deadline: None,
             traceparent: None,
             model_version: None,
         };

@@ -25,8 +25,8 @@ use clothesline_tests::{paths, wait_until};
 use futures::StreamExt;
 use protocol::messages::Outcome;
 use protocol::names::*;
-use protocol::provision::{Topology, provision};
 use protocol::{Manifest, Reply, RequestMeta};
+use tierkit::provision::{Topology, provision};
 
 const TENSORS: usize = 8;
 const ACK_WAIT: Duration = Duration::from_secs(5);
@@ -68,7 +68,9 @@ async fn a_worker_killed_while_holding_unacked_tensors_loses_none() {
     let manifest = Manifest::load(paths::manifest()).unwrap();
     let mut requests = HashSet::new();
     for i in 0..TENSORS {
-        let meta = RequestMeta::new(Some(REPLIES.into()), Some(Duration::from_secs(600)));
+        let meta = RequestMeta::new(protocol::meta::new_request_id())
+            .with_reply_to(REPLIES)
+            .with_timeout(Duration::from_secs(600));
         let pixels = (0..manifest.input_len())
             .map(|p| (p * 7 + i * 31) as u8)
             .collect();

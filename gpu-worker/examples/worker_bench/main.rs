@@ -35,8 +35,8 @@ use anyhow::{Context, ensure};
 use clap::Parser;
 use clothesline_gpu_worker::{Config, DeviceChoice, Model};
 use protocol::Manifest;
-use protocol::runtime::NatsArgs;
 use tch::Device;
+use tierkit::runtime::NatsArgs;
 
 use crate::inprocess::{Plan, Throughput};
 use crate::report::{Report, Round};
@@ -77,7 +77,7 @@ pub struct Args {
     /// Also write the markdown report to this file.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Also write the report into this section of BENCHMARKS.md (scripts/bench_section.py).
+    /// Also write the report into this section of BENCHMARKS.md (`clothesline-loadtest section`).
     #[arg(long)]
     section: Option<String>,
 }
@@ -145,7 +145,7 @@ fn main() -> anyhow::Result<()> {
         client.flush().await?;
         let js = async_nats::jetstream::new(client);
         let topology = stream::topology(n, manifest.input_len(), args.memory_storage);
-        protocol::provision::provision(&js, &topology).await?;
+        tierkit::provision::provision(&js, &topology).await?;
         anyhow::Ok((js, replies))
     })?;
 

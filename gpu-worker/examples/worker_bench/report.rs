@@ -230,22 +230,35 @@ impl Report {
     }
 }
 
-/// `python3 scripts/bench_section.py NAME -` with the report on stdin.
+/// `clothesline-loadtest section NAME -` (built by cargo if need be) with the report on stdin,
+/// in the repository's root.
 pub fn write_section(name: &str, md: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench_section.py");
-    let mut child = std::process::Command::new("python3")
-        .arg(&script)
-        .arg(name)
-        .arg("-")
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut child = std::process::Command::new(cargo)
+        .current_dir(root)
+        .args([
+            "run",
+            "--release",
+            "--locked",
+            "-q",
+            "-p",
+            "clothesline-loadtest",
+            "--",
+        ])
+        .args(["section", name, "-"])
         .stdin(std::process::Stdio::piped())
         .spawn()
-        .with_context(|| format!("cannot run {}", script.display()))?;
+        .context("cannot run cargo run -p clothesline-loadtest -- section")?;
     child
         .stdin
         .take()
         .context("stdin")?
         .write_all(md.as_bytes())?;
-    ensure!(child.wait()?.success(), "{} failed", script.display());
+    ensure!(
+        child.wait()?.success(),
+        "clothesline-loadtest section {name} failed"
+    );
     Ok(())
 }

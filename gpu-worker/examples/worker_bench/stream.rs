@@ -12,8 +12,8 @@ use anyhow::{Context, bail};
 use async_nats::jetstream::{self, stream::StorageType};
 use protocol::meta::now_ms;
 use protocol::names::{CONTENT_TYPE_MSGPACK, TENSORS_SUBJECT};
-use protocol::provision::Topology;
 use protocol::{Manifest, RequestMeta, TensorMessage, Timings};
+use tierkit::provision::Topology;
 
 /// A nats-server with JetStream in a temp dir, killed on drop.
 pub struct NatsServer {
@@ -123,7 +123,7 @@ pub async fn publish(
     let started = Instant::now();
     let mut acks = Vec::with_capacity(256);
     for i in 0..n {
-        let meta = RequestMeta::new(Some(reply_to.to_string()), None);
+        let meta = RequestMeta::new(protocol::meta::new_request_id()).with_reply_to(reply_to);
         let tensor = TensorMessage::new(
             manifest.model_ref(),
             &manifest.input,

@@ -47,14 +47,21 @@ pub struct Idempotent {
     metrics: Metrics,
 }
 
-/// A request's deadline, and its length for the error message.
+/// A job's deadline as a timer, and the time the caller gave it, for the error message.
 #[derive(Debug, Clone, Copy)]
-struct Deadline {
+struct Limit {
     at: Instant,
     timeout: Duration,
 }
 
-impl Deadline {
+impl Limit {
+    fn of(job: &Job) -> Self {
+        Self {
+            at: Instant::from_std(job.deadline().instant()),
+            timeout: job.timeout,
+        }
+    }
+
     /// Runs `fut` until the deadline; past it, `deadline_exceeded`.
     async fn bound<T>(self, fut: impl Future<Output = T>) -> Result<T, Error> {
         tokio::time::timeout_at(self.at, fut)
@@ -90,23 +97,20 @@ impl Idempotent {
         self.metrics.idempotent.with_label_values(&[outcome]).inc();
     }
 
-    async fn submit_once(&self, mut job: Job) -> Result<Prediction, Error> {
-        let deadline = Deadline {
-            at: Instant::now() + job.timeout,
-            timeout: job.timeout,
-        };
+    async fn submit_once(&self, job: Job) -> Result<Prediction, Error> {
+        let deadline = Limit::of(&job);
         let kv = self.store().await?.clone();
-        let key = record::key(&job.request_id);
+        let key = record::key(&job.meta.request_id);
         let body = record::body_hash(
             &job.content_type,
             &job.payload,
-            job.model_version.as_deref(),
+            job.meta.model_version.as_deref(),
         );
         let claim = Record {
             body: body.clone(),
             state: State::Pending {
                 owner: self.owner.clone(),
-                deadline_ms: now_ms().saturating_add(job.timeout.as_millis() as u64),
+                deadline_ms: job.deadline().as_ms(),
             },
         }
         .encode();
@@ -119,9 +123,8 @@ impl Idempotent {
             {
                 Ok(revision) => {
                     self.count("new");
-                    // What is left of the caller's deadline (it may have waited on another
-                    // request first): the run ends by the claim's deadline.
-                    job.timeout = deadline.at.saturating_duration_since(Instant::now());
+                    // The run ends by the caller's deadline, which is the claim's (it may have
+                    // waited on another request first).
                     return self.run(kv, key, revision, body, job).await;
                 }
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
@@ -145,7 +148,7 @@ impl Idempotent {
                 Seen::Free(revision) | Seen::Pending { revision, .. } => expected = revision,
                 Seen::Conflict => {
                     self.count("conflict");
-                    return Err(record::conflict(&job.request_id));
+                    return Err(record::conflict(&job.meta.request_id));
                 }
                 Seen::Done(outcome) => {
                     self.count(if attached { "attached" } else { "cached" });
@@ -206,7 +209,7 @@ async fn attach(
     key: &str,
     body: &str,
     (mut revision, stale_at_ms): (u64, u64),
-    deadline: Deadline,
+    deadline: Limit,
 ) -> Result<Seen, Error> {
     let mut watch = deadline
         .bound(kv.watch_with_history(key))

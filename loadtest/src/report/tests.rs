@@ -17,7 +17,7 @@ fn args(extra: &[&str]) -> RunArgs {
         .command
     {
         Command::Run(a) => *a,
-        Command::ServeNoop(_) => panic!("not run"),
+        _ => panic!("not run"),
     }
 }
 
@@ -40,6 +40,7 @@ fn outcome(status: Status, code: Option<&str>, predicted: Option<usize>) -> Outc
         error_code: code.map(String::from),
         predicted,
         unreadable: false,
+        timings: None,
     }
 }
 

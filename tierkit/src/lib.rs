@@ -1,0 +1,16 @@
+//! What the clothesline tiers share to run, beside the wire contract (`protocol`):
+//! - [`runtime`]: NATS connection options, logging arguments, shutdown and its grace, the health
+//!   and metrics server;
+//! - [`telemetry`]: traces over OTLP and the `traceparent` that joins them across tiers;
+//! - [`provision`]: idempotent creation of the JetStream streams, consumers and buckets (and the
+//!   `clothesline-provision` binary);
+//! - [`publish`]: a JetStream publish retried through a leader election or a reconnect;
+//! - [`cancel`]: the subscription that fills a worker's cancelled-id set;
+//! - [`models`]: the model buckets' operations (and the `clothesline-model` binary).
+
+pub mod cancel;
+pub mod models;
+pub mod provision;
+pub mod publish;
+pub mod runtime;
+pub mod telemetry;
