@@ -4,7 +4,8 @@
 #   1. brings the stack up with the cluster (R3 streams, every tier given all three servers)
 #   2. sends HTTP uploads at LOAD_RATE/s; once answers flow, cuts one server off the network
 #      (`docker network disconnect`: a partition, not a kill): by default the leader of the
-#      requests stream (VICTIM=leader), or the named service (nats, nats-2, nats-3)
+#      requests stream (VICTIM=leader), the server the ingress is connected to (VICTIM=ingress),
+#      or the named service (nats, nats-2, nats-3)
 #   3. keeps it cut off for HOLD_SECS (the length of the fault), then reconnects it (same DNS
 #      alias)
 #   4. checks: every request answered 200 within its deadline (lost 0, non-200 0), no duplicate
@@ -77,6 +78,16 @@ streams_whole() {
   echo "${out%$'\n'*}"
   [ "${out##*$'\n'}" = true ]
 }
+# The service whose server holds the ingress's connection (its name starts clothesline-ingress).
+ingress_server() {
+  local svc
+  for svc in nats nats-2 nats-3; do
+    docker exec "$(containers "$svc")" wget -q -O - "http://127.0.0.1:8222/connz?limit=1024" \
+      | jq -e '[.connections[]? | select(.name // "" | startswith("clothesline-ingress"))] | length > 0' >/dev/null \
+      && { echo "$svc"; return 0; }
+  done
+  return 1
+}
 stream_leader() {
   jsz nats | jq -er --arg s "$1" '[.account_details[].stream_detail[] | select(.name == $s) | .cluster.leader][0]'
 }
@@ -91,8 +102,9 @@ wait_until 60 "R3 streams with current replicas" streams_whole
 leader="$(stream_leader CLOTHESLINE_REQUESTS)"
 victim="$VICTIM"
 [ "$victim" = leader ] && victim="$(service_of "$leader")"
+[ "$victim" = ingress ] && victim="$(ingress_server)"
 victim_id="$(containers "$victim")"
-clog "CLOTHESLINE_REQUESTS leader: $leader; cutting off: $victim"
+clog "CLOTHESLINE_REQUESTS leader: $leader; the ingress's server: $(ingress_server || echo unknown); cutting off: $victim"
 
 unmatched_before="$(metric_sum ingress_unmatched_replies_total)"
 expected=$((LOAD_RATE * LOAD_SECS))

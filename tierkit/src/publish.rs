@@ -86,7 +86,10 @@ pub fn is_retryable(e: &PublishError) -> bool {
 }
 
 /// JetStream's words for a cluster or stream that is unavailable for the moment: no meta or
-/// stream leader (10008 "JetStream system temporarily unavailable"), a stream offline (10118).
+/// stream leader (10008 "JetStream system temporarily unavailable"), a stream offline (10118);
+/// and for a retry that came while the first attempt (same `Nats-Msg-Id`) is still being
+/// replicated (10158 "duplicate message id is in process", nats-server 2.12: seen when a client
+/// moved to another server after a partition; tried again, it gets the first attempt's PubAck).
 fn is_temporary_unavailability(detail: &str) -> bool {
     let d = detail.to_ascii_lowercase();
     [
@@ -95,6 +98,8 @@ fn is_temporary_unavailability(detail: &str) -> bool {
         "stream is offline",
         "10118",
         "no leader",
+        "duplicate message id is in process",
+        "10158",
     ]
     .iter()
     .any(|needle| d.contains(needle))
@@ -128,6 +133,9 @@ mod tests {
             "JetStream system temporarily unavailable (error code 10008)"
         ));
         assert!(is_temporary_unavailability("stream is offline"));
+        assert!(is_temporary_unavailability(
+            "duplicate message id is in process (code 409, error code 10158)"
+        ));
         assert!(!is_temporary_unavailability(
             "maximum messages exceeded (error code 10077)"
         ));
