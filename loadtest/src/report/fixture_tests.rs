@@ -1,5 +1,6 @@
 //! Each report against the markdown the Python scripts it replaces wrote from the same fixture
-//! results (`loadtest/fixtures/reports/NAME/`, expected output in `NAME.md`; the pipeline's
+//! results (`loadtest/fixtures/reports/NAME/`, expected output in `NAME.expected`: markdown, but
+//! not named `.md`, which .dockerignore keeps out of the image builds' context; the pipeline's
 //! chart link is the one line that changed: an SVG instead of a PNG).
 
 use std::path::{Path, PathBuf};
@@ -16,8 +17,8 @@ fn results(name: &str) -> Results {
 }
 
 fn expected(name: &str) -> String {
-    std::fs::read_to_string(fixtures().join(format!("{name}.md")))
-        .unwrap_or_else(|e| panic!("{name}.md: {e}"))
+    std::fs::read_to_string(fixtures().join(format!("{name}.expected")))
+        .unwrap_or_else(|e| panic!("{name}.expected: {e}"))
 }
 
 /// Equal, or a panic that shows the first line that differs.
