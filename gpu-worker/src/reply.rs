@@ -128,8 +128,8 @@ pub async fn ack(msg: &Message, meta: &RequestMeta, kind: AckKind) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::names::*;
     use protocol::ModelRef;
+    use protocol::names::*;
 
     #[test]
     fn error_replies_carry_the_code_header() {
