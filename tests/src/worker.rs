@@ -7,13 +7,15 @@ use crate::{free_port, paths};
 
 pub const WORKER_NAME: &str = "clothesline-gpu-worker";
 
-pub struct Worker(pub Child);
+/// The process, and the port of its health and metrics server.
+pub struct Worker(pub Child, u16);
 
 impl Worker {
     /// Starts a worker against `nats_url` with extra `args`; its logs go to stderr when
     /// `CLOTHESLINE_TEST_LOG` is set (as its `RUST_LOG`).
     pub fn spawn(nats_url: &str, args: &[&str]) -> Self {
         let manifest = paths::manifest();
+        let port = free_port();
         let log = std::env::var("CLOTHESLINE_TEST_LOG").ok();
         let child = Command::new(paths::bin(WORKER_NAME))
             .current_dir(paths::repo_root())
@@ -22,7 +24,7 @@ impl Worker {
             .arg("--manifest")
             .arg(&manifest)
             .args(["--device", "cpu", "--http-addr"])
-            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg(format!("127.0.0.1:{port}"))
             .args(args)
             .stdout(Stdio::null())
             .stderr(if log.is_some() {
@@ -32,7 +34,12 @@ impl Worker {
             })
             .spawn()
             .expect("start clothesline-gpu-worker");
-        Self(child)
+        Self(child, port)
+    }
+
+    /// Its Prometheus `/metrics` URL.
+    pub fn metrics_url(&self) -> String {
+        format!("http://127.0.0.1:{}/metrics", self.1)
     }
 }
 

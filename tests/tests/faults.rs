@@ -22,7 +22,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use clothesline_tests::origin::{Origin, metric, metrics_text};
+use clothesline_tests::origin::{Origin, metric, metric_reaches, metrics_text};
 use clothesline_tests::stack::{Stack, StackOptions, Tier};
 use clothesline_tests::worker::{Worker, publish_tensor};
 use clothesline_tests::{paths, wait_until};
@@ -378,6 +378,11 @@ async fn a_gpu_worker_whose_grace_ends_mid_batch_hands_its_tensors_back() {
         },
     )
     .await;
+    // Delivered is not yet received (64 tensors take a while to reach a loaded worker): the
+    // signal goes once the batch runs.
+    let http = reqwest::Client::new();
+    let batches = "gpu_worker_batch_size_count";
+    metric_reaches(&http, &first.metrics_url(), batches, 1.0).await;
     clothesline_tests::stack::sigterm(&first.0);
     let child = &mut first.0;
     // It exits 1 ("grace period over with 1 batch(es) running"), with `_exit`: a normal exit ran
