@@ -81,21 +81,22 @@ pub enum EngineError {
     Gone,
 }
 
-struct Job {
+/// A batch sent to the engine threads, with where its result goes.
+struct BatchRequest {
     data: Vec<u8>,
     n: usize,
     reply: oneshot::Sender<Result<BatchOutput, String>>,
 }
 
-/// The jobs channel's receiving end, shared by the engine threads: the one holding the lock
-/// waits for the next job, the others wait for the lock.
-type Jobs = Arc<Mutex<mpsc::Receiver<Job>>>;
+/// The batch requests channel's receiving end, shared by the engine threads: the one holding
+/// the lock waits for the next batch, the others wait for the lock.
+type BatchRequests = Arc<Mutex<mpsc::Receiver<BatchRequest>>>;
 
 /// The async side's handle on the engine threads; cheap to clone. The threads end when every
 /// handle is dropped (each after the batch it is running).
 #[derive(Clone)]
 pub struct Engine {
-    jobs: mpsc::Sender<Job>,
+    requests: mpsc::Sender<BatchRequest>,
     info: EngineInfo,
 }
 
@@ -133,20 +134,20 @@ impl Engine {
             .intra_op_threads
             .unwrap_or_else(|| default_intra_op_threads(replicas))
             .max(1);
-        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(replicas);
-        let jobs: Jobs = Arc::new(Mutex::new(jobs_rx));
+        let (requests_tx, requests_rx) = mpsc::channel::<BatchRequest>(replicas);
+        let requests: BatchRequests = Arc::new(Mutex::new(requests_rx));
         let mut handles = Vec::with_capacity(replicas);
         let mut readies = Vec::with_capacity(replicas);
         for index in 0..replicas {
             let (ready_tx, ready_rx) = oneshot::channel();
-            let (options, jobs) = (options.clone(), jobs.clone());
+            let (options, requests) = (options.clone(), requests.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("engine-{index}"))
                 .spawn(
                     move || match prepare(&options, device, replicas, threads, index) {
                         Ok((model, info)) => {
                             let _ = ready_tx.send(Ok(info));
-                            serve(&model, &jobs);
+                            serve(&model, &requests);
                         }
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
@@ -171,7 +172,7 @@ impl Engine {
         let info = info.context("no engine thread started")?;
         Ok((
             Engine {
-                jobs: jobs_tx,
+                requests: requests_tx,
                 info,
             },
             EngineThreads(handles),
@@ -185,8 +186,8 @@ impl Engine {
     /// Runs `n` images laid out one after the other in `data`, on the first free replica.
     pub async fn run(&self, data: Vec<u8>, n: usize) -> Result<BatchOutput, EngineError> {
         let (reply, result) = oneshot::channel();
-        self.jobs
-            .send(Job { data, n, reply })
+        self.requests
+            .send(BatchRequest { data, n, reply })
             .await
             .map_err(|_| EngineError::Gone)?;
         result
@@ -293,25 +294,24 @@ fn prepare(
     Ok((model, info))
 }
 
-/// On an engine thread: runs jobs until every sender is dropped.
-fn serve(model: &Model, jobs: &Jobs) {
+/// On an engine thread: runs batches until every sender is dropped.
+fn serve(model: &Model, requests: &BatchRequests) {
     loop {
-        // The lock is held only while waiting for a job, never while running one.
-        let job = jobs
+        // The lock is held only while waiting for a batch, never while running one.
+        let request = requests
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .blocking_recv();
-        let Some(job) = job else { break };
+        let Some(request) = request else { break };
         let started = Instant::now();
         let _batch = LIBTORCH_STATE
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // A panic in a binding must fail the batch, not take the engine down.
-        let result =
-            std::panic::catch_unwind(AssertUnwindSafe(|| model.run_batch(&job.data, job.n)))
-                .unwrap_or_else(|panic| {
-                    Err(anyhow!("libtorch panicked: {}", panic_message(&*panic)))
-                });
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            model.run_batch(&request.data, request.n)
+        }))
+        .unwrap_or_else(|panic| Err(anyhow!("libtorch panicked: {}", panic_message(&*panic))));
         let result = result
             .map(|logits| BatchOutput {
                 logits,
@@ -319,7 +319,7 @@ fn serve(model: &Model, jobs: &Jobs) {
             })
             .map_err(|e| format!("{e:#}"));
         // The caller may have gone (shutdown); nothing to do then.
-        let _ = job.reply.send(result);
+        let _ = request.reply.send(result);
     }
     tracing::info!("engine thread stopping");
 }

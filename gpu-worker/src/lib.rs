@@ -6,7 +6,10 @@
 //! - [`engine`]: the threads that own the model's replicas; the async side sends them batches;
 //! - [`serving`]: the model versions served now, each with its engine; [`rollout`]: follows the
 //!   serving policy in NATS, loading and retiring versions without a restart;
-//! - [`gather`]: the batching policy; [`batcher`]: the pull-batch-answer loop;
+//! - [`gather`]: the batching policy; [`queue`]: the batcher's state (queue, engines busy,
+//!   stopping), both without I/O; [`batcher`]: the task that feeds that state from the pull
+//!   source ([`tierkit::pull`]) and carries out its decisions; [`admit`]: the checks a tensor
+//!   passes before it is queued; [`batch`]: one batch on the engine, answered and acked;
 //! - [`reply`]: replies over core NATS and acks; [`metrics`]: Prometheus metrics;
 //! - [`malloc`]: glibc settings that keep the model's freed memory for the next batch;
 //!   [`device_memory`]: the CUDA memory gauge, from NVML;
@@ -17,6 +20,8 @@
 //! hands back the tensors it holds but has not started, finishes the batches running within the
 //! grace period (handing back those still running then) and returns, whatever NATS does.
 
+pub mod admit;
+pub mod batch;
 pub mod batcher;
 pub mod config;
 pub mod device_memory;
@@ -26,6 +31,7 @@ pub mod leave;
 pub mod malloc;
 pub mod metrics;
 pub mod model;
+pub mod queue;
 pub mod reply;
 pub mod rollout;
 pub mod serving;
@@ -45,12 +51,14 @@ use protocol::names::{GPU_WORKER_CONSUMER, TENSORS_STREAM};
 use tierkit::cancel;
 use tierkit::models::Registry;
 use tierkit::provision::wait_for_consumer;
+use tierkit::pull::PullSource;
 use tierkit::runtime::{Grace, ReadyCheck, bounded, nats_connected, serve_health, token_from};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, DeviceChoice};
 pub use model::Model;
 
+use crate::batch::BatchContext;
 use crate::batcher::Batcher;
 use crate::engine::{Engine, EngineOptions};
 use crate::metrics::Metrics;
@@ -63,7 +71,8 @@ use crate::serving::{Serving, Version};
 #[derive(Default)]
 struct Readiness {
     client: OnceLock<async_nats::Client>,
-    pulling: AtomicBool,
+    /// Whether the last pull could be opened (set once the consumer is found).
+    pulling: OnceLock<Arc<AtomicBool>>,
     model_ready: AtomicBool,
     stopping: AtomicBool,
 }
@@ -81,7 +90,11 @@ impl Readiness {
             Some(c) if !nats_connected(c) => return Err("NATS connection lost".into()),
             Some(_) => {}
         }
-        if !self.pulling.load(Ordering::Relaxed) {
+        if !self
+            .pulling
+            .get()
+            .is_some_and(|p| p.load(Ordering::Relaxed))
+        {
             return Err(format!(
                 "not pulling from consumer {GPU_WORKER_CONSUMER} on stream {TENSORS_STREAM} (yet)"
             ));
@@ -188,29 +201,25 @@ pub async fn run(
             None
         }
     };
-    let responder = Responder::new(client.clone(), metrics.clone());
-    let ack_wait = consumer.cached_info().config.ack_wait;
-    let max_deliver = consumer.cached_info().config.max_deliver;
-    let mut batcher = Batcher::new(
-        serving,
-        responder,
-        metrics.clone(),
-        max_delay,
-        ack_wait,
-        max_deliver,
-    )
-    .with_idle_dispatch(config.dispatch_when_idle);
     // Listening before the first pull: a cancellation published once the worker is ready is seen.
     let received = metrics.cancellations_received.clone();
     let cancels = cancel::subscribe_if(config.honor_cancellations, &client, received)
         .await
         .context("cannot subscribe to cancellations")?;
-    if let Some((set, _listener)) = &cancels {
-        batcher = batcher.with_cancellations(set.clone());
-    }
-    let result = batcher
-        .run(&consumer, &token, &readiness.pulling, &grace)
-        .await;
+    let context = BatchContext {
+        serving,
+        responder: Responder::new(client.clone(), metrics.clone()),
+        metrics: metrics.clone(),
+        ack_wait: consumer.cached_info().config.ack_wait,
+        cancelled: cancels.as_ref().map(|(set, _listener)| set.clone()),
+        max_deliver: consumer.cached_info().config.max_deliver,
+        abandon: CancellationToken::new(),
+    };
+    let batcher = Batcher::new(context, max_delay).with_idle_dispatch(config.dispatch_when_idle);
+    // No more tensors pulled than a batch holds: at most one batch waits here.
+    let source = PullSource::start(consumer, info.max_batch, &token, &grace, "tensors");
+    let _ = readiness.pulling.set(source.pulling());
+    let result = batcher.run(source, &token, &grace).await;
     readiness.stopping.store(true, Ordering::Relaxed);
     // The follower deletes this worker's serving report and drops its hold on the engines.
     if let Some(follower) = follower

@@ -9,19 +9,16 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
-use futures::StreamExt;
+use async_nats::jetstream;
 use protocol::Manifest;
 use protocol::names::{PREPROCESSOR_CONSUMER, REQUESTS_STREAM};
 use tierkit::cancel;
 use tierkit::provision::wait_for_consumer;
+use tierkit::pull::{PullSource, Pulled, hand_back};
 use tierkit::runtime::{Grace, ReadyCheck, bounded, nats_connected, serve_health, token_from};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -32,17 +29,19 @@ use crate::pipeline::Pipeline;
 use crate::router::{Router, Target};
 use crate::settle::Settler;
 
-/// How long one pull waits on the server for messages; a stopping preprocessor waits at most this
-/// long for its open pull to end (handing back what arrives meanwhile).
-const PULL_EXPIRES: Duration = Duration::from_secs(1);
-/// Most wait between attempts to restart a failed pull.
-const MAX_RESTART_DELAY: Duration = Duration::from_secs(5);
+/// What a request's task needs.
+#[derive(Clone)]
+struct Handler {
+    pipeline: Pipeline,
+    settler: Settler,
+}
 
-/// Readiness: connected to NATS, consumer found, not shutting down.
+/// Readiness: connected to NATS, consumer found and pulled from, not shutting down.
 #[derive(Default)]
 struct Readiness {
     client: OnceLock<async_nats::Client>,
-    consumer_found: AtomicBool,
+    /// Whether the last pull could be opened (set once the consumer is found).
+    pulling: OnceLock<Arc<AtomicBool>>,
     stopping: AtomicBool,
 }
 
@@ -56,9 +55,13 @@ impl Readiness {
             Some(c) if !nats_connected(c) => return Err("NATS connection lost".into()),
             Some(_) => {}
         }
-        if !self.consumer_found.load(Ordering::Relaxed) {
+        if !self
+            .pulling
+            .get()
+            .is_some_and(|p| p.load(Ordering::Relaxed))
+        {
             return Err(format!(
-                "consumer {PREPROCESSOR_CONSUMER} on stream {REQUESTS_STREAM} not found yet"
+                "not pulling from consumer {PREPROCESSOR_CONSUMER} on stream {REQUESTS_STREAM} (yet)"
             ));
         }
         Ok(())
@@ -128,7 +131,6 @@ pub async fn run(
     }
     let router = Router::new(Target::new(&manifest, pipeline.spec()), registry);
     let follower = tokio::spawn(router.clone().follow(token.clone()));
-    readiness.consumer_found.store(true, Ordering::Relaxed);
     let settler = Settler {
         router,
         js,
@@ -139,17 +141,23 @@ pub async fn run(
         cancelled: cancels.as_ref().map(|(set, _)| set.clone()),
     };
 
+    let mut source = PullSource::start(
+        consumer,
+        config.concurrency as usize,
+        &token,
+        &grace,
+        "requests",
+    );
+    let _ = readiness.pulling.set(source.pulling());
+    let handler = Handler { pipeline, settler };
     let mut in_flight = InFlight::default();
-    let source = Source {
-        consumer: &consumer,
-        token: &token,
-        grace: &grace,
-    };
-    consume(&source, &config, &pipeline, &settler, &mut in_flight).await;
+    consume(&mut source, &token, &handler, &mut in_flight).await;
 
     readiness.stopping.store(true, Ordering::Relaxed);
     follower.abort();
-    in_flight.drain(&grace).await;
+    // What arrives for the last pull is handed back once it ends, while the requests in flight
+    // finish.
+    tokio::join!(source.drain(Vec::new()), in_flight.drain(&grace));
     if let Some(Err(e)) = bounded(grace.ends(), "flush NATS", client.flush()).await {
         tracing::warn!(error = %e, "cannot flush NATS on shutdown");
     }
@@ -157,100 +165,25 @@ pub async fn run(
     Ok(())
 }
 
-/// Where requests come from, and when to stop taking them.
-struct Source<'a> {
-    consumer: &'a PullConsumer,
-    token: &'a CancellationToken,
-    grace: &'a Grace,
-}
-
-/// Pulls and dispatches messages until `token` is cancelled. Each pull asks for as many messages
-/// as there are free slots, so every message that arrives can start at once; what arrives for
-/// the open pull after `token` is cancelled is handed back (nak, no delay) to the other
-/// preprocessors once that pull has ended (at most [`PULL_EXPIRES`], or the end of the grace
-/// period when the server does not end it), instead of waiting out the ack wait here. Handed back
-/// earlier, a message could be redelivered into the same pull and bounce, spending its deliveries.
+/// Starts each request the source pulls on a task of its own, until `token` is cancelled. The
+/// source pulls no more requests than there are free slots (each request holds one until it is
+/// handled), so every request that arrives starts at once.
 async fn consume(
-    source: &Source<'_>,
-    config: &Config,
-    pipeline: &Pipeline,
-    settler: &Settler,
+    source: &mut PullSource,
+    token: &CancellationToken,
+    handler: &Handler,
     in_flight: &mut InFlight,
 ) {
-    let Source {
-        consumer,
-        token,
-        grace,
-    } = *source;
-    let slots = Arc::new(Semaphore::new(config.concurrency as usize));
-    let mut restart_delay = Duration::from_millis(100);
-    while !token.is_cancelled() {
-        // Free slots first, then a pull for that many: when all slots are busy, nothing is pulled.
-        let mut permits = tokio::select! {
+    loop {
+        let pulled = tokio::select! {
             _ = token.cancelled() => return,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => vec![p],
-                Err(_) => return,
-            },
+            p = source.next() => p,
         };
-        while let Ok(p) = slots.clone().try_acquire_owned() {
-            permits.push(p);
-        }
+        let Some(pulled) = pulled else {
+            return;
+        };
         in_flight.reap();
-        let pulled = consumer
-            .batch()
-            .max_messages(permits.len())
-            .expires(PULL_EXPIRES)
-            .messages()
-            .await;
-        let mut batch = match pulled {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot pull requests; retrying");
-                pause(token, &mut restart_delay).await;
-                continue;
-            }
-        };
-        let mut stopping = false;
-        // What arrives for the pull after `token` is cancelled; handed back once the pull has
-        // ended, so it cannot come straight back to this pull.
-        let mut held = Vec::new();
-        loop {
-            let next = tokio::select! {
-                _ = token.cancelled(), if !stopping => {
-                    stopping = true;
-                    continue;
-                }
-                m = batch.next() => m,
-                // A server gone away never ends the pull: stop waiting for it at the grace's end.
-                _ = sleep_until(grace.work_ends()), if stopping => None,
-            };
-            match next {
-                Some(Ok(msg)) => match permits.pop().filter(|_| !stopping) {
-                    Some(permit) => {
-                        restart_delay = Duration::from_millis(100);
-                        in_flight.start(permit, pipeline, settler, msg);
-                    }
-                    None => held.push(msg),
-                },
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "pulling requests failed");
-                    pause(token, &mut restart_delay).await;
-                    break;
-                }
-                None => break,
-            }
-        }
-        let hand_back_all = async {
-            for msg in &held {
-                hand_back(msg).await;
-            }
-        };
-        if stopping {
-            bounded(grace.ends(), "hand back requests", hand_back_all).await;
-        } else {
-            hand_back_all.await;
-        }
+        in_flight.start(pulled, handler);
     }
 }
 
@@ -263,26 +196,21 @@ struct InFlight {
 }
 
 impl InFlight {
-    /// Handles `msg` on a task of its own, holding `permit` (its slot) until done.
-    fn start(
-        &mut self,
-        permit: OwnedSemaphorePermit,
-        pipeline: &Pipeline,
-        settler: &Settler,
-        msg: jetstream::Message,
-    ) {
-        let (pipeline, settler) = (pipeline.clone(), settler.clone());
+    /// Handles the pulled message on a task of its own, holding its credit (its slot) until done.
+    fn start(&mut self, pulled: Pulled, handler: &Handler) {
+        let Pulled { msg, credit } = pulled;
+        let Handler { pipeline, settler } = handler.clone();
         let abandon = self.abandon.clone();
         let inflight = settler.metrics.inflight.clone();
         let span = crate::trace::item_span(&msg);
         inflight.inc();
         self.tasks.spawn(async move {
-            let _permit = permit;
+            let _credit = credit;
             let _gauge = GaugeGuard(inflight);
             let handling = settler.handle(&pipeline, msg.clone()).instrument(span);
             tokio::select! {
                 () = handling => {}
-                () = abandon.cancelled() => hand_back(&msg).await,
+                () = abandon.cancelled() => hand_back(std::slice::from_ref(&msg)).await,
             }
         });
     }
@@ -327,22 +255,6 @@ impl InFlight {
         };
         tokio::time::timeout_at(deadline, all_done).await.is_ok()
     }
-}
-
-/// Gives a message this process will not start back to the stream at once (stopping).
-async fn hand_back(msg: &jetstream::Message) {
-    tracing::debug!(subject = %msg.subject, "stopping: handing a request back");
-    if let Err(e) = msg.ack_with(AckKind::Nak(None)).await {
-        tracing::warn!(error = %e, "cannot hand a request back; redelivered after the ack wait");
-    }
-}
-
-async fn pause(token: &CancellationToken, delay: &mut Duration) {
-    tokio::select! {
-        _ = token.cancelled() => {}
-        _ = tokio::time::sleep(*delay) => {}
-    }
-    *delay = (*delay * 2).min(MAX_RESTART_DELAY);
 }
 
 fn log_panic(done: Result<(), tokio::task::JoinError>) {

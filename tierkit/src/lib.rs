@@ -4,6 +4,8 @@
 //! - [`telemetry`]: traces over OTLP and the `traceparent` that joins them across tiers;
 //! - [`provision`]: idempotent creation of the JetStream streams, consumers and buckets (and the
 //!   `clothesline-provision` binary);
+//! - [`pull`]: the pull source the worker tiers read their consumer through (room, backoff,
+//!   readiness, hand-back on shutdown, in-progress acks);
 //! - [`publish`]: a JetStream publish retried through a leader election or a reconnect;
 //! - [`cancel`]: the subscription that fills a worker's cancelled-id set;
 //! - [`models`]: the model buckets' operations (and the `clothesline-model` binary).
@@ -12,5 +14,6 @@ pub mod cancel;
 pub mod models;
 pub mod provision;
 pub mod publish;
+pub mod pull;
 pub mod runtime;
 pub mod telemetry;
