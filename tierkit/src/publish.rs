@@ -90,7 +90,7 @@ pub fn is_retryable(e: &PublishError) -> bool {
 /// and for a retry that came while the first attempt (same `Nats-Msg-Id`) is still being
 /// replicated (10158 "duplicate message id is in process", nats-server 2.12: seen when a client
 /// moved to another server after a partition; tried again, it gets the first attempt's PubAck).
-fn is_temporary_unavailability(detail: &str) -> bool {
+pub fn is_temporary_unavailability(detail: &str) -> bool {
     let d = detail.to_ascii_lowercase();
     [
         "temporarily unavailable",

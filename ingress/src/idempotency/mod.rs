@@ -116,6 +116,7 @@ impl Idempotent {
         .encode();
         let mut expected = 0;
         let mut attached = false;
+        let mut pause = Backoff::default();
         loop {
             match deadline
                 .bound(kv.update(&key, claim.clone(), expected))
@@ -128,12 +129,23 @@ impl Idempotent {
                     return self.run(kv, key, revision, body, job).await;
                 }
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+                Err(e) if transient(e.kind() == kv::UpdateErrorKind::TimedOut, &e) => {
+                    // The bucket's stream between leaders, or the connection between servers.
+                    tracing::debug!(error = %e, "claiming the request id again");
+                    deadline.bound(pause.next()).await?;
+                    continue;
+                }
                 Err(e) => return Err(unavailable("cannot claim the request id", e)),
             }
-            let entry = deadline
-                .bound(kv.entry(key.clone()))
-                .await?
-                .map_err(|e| unavailable("cannot read the request id's entry", e))?;
+            let entry = match deadline.bound(kv.entry(key.clone())).await? {
+                Ok(entry) => entry,
+                Err(e) if transient(e.kind() == kv::EntryErrorKind::TimedOut, &e) => {
+                    tracing::debug!(error = %e, "reading the request id's entry again");
+                    deadline.bound(pause.next()).await?;
+                    continue;
+                }
+                Err(e) => return Err(unavailable("cannot read the request id's entry", e)),
+            };
             let mut seen = record::read(entry.as_ref(), &body, now_ms())?;
             if let Seen::Pending {
                 revision,
@@ -294,6 +306,37 @@ impl Drop for Waiting {
     }
 }
 
+/// Whether a failed bucket call may succeed when made again soon: no answer in time, or
+/// JetStream saying the bucket's stream has no leader for the moment (the words a publish is
+/// retried on, [`tierkit::publish::is_temporary_unavailability`]), or nobody answering at all (no
+/// responders while a leader is elected).
+fn transient(timed_out: bool, e: &(impl std::error::Error + ?Sized)) -> bool {
+    let mut detail = e.to_string();
+    if let Some(source) = e.source() {
+        detail = format!("{detail}: {source}");
+    }
+    timed_out
+        || tierkit::publish::is_temporary_unavailability(&detail)
+        || detail.to_ascii_lowercase().contains("no responders")
+}
+
+/// Pauses between calls to the bucket made again: 25 ms, doubling up to 500 ms.
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(Duration::from_millis(25))
+    }
+}
+
+impl Backoff {
+    fn next(&mut self) -> tokio::time::Sleep {
+        let pause = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_millis(500));
+        tokio::time::sleep(pause)
+    }
+}
+
 /// The tokio instant of a time in ms since the epoch.
 fn instant_of(ms: u64) -> Instant {
     Instant::now() + Duration::from_millis(ms.saturating_sub(now_ms()))
@@ -301,4 +344,46 @@ fn instant_of(ms: u64) -> Instant {
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
     Error::new(ErrorCode::Unavailable, format!("{what}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Failure(&'static str);
+
+    impl std::fmt::Display for Failure {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Failure {}
+
+    #[test]
+    fn elections_are_retried_refusals_are_not() {
+        assert!(transient(true, &Failure("timed out")));
+        assert!(transient(
+            false,
+            &Failure("JetStream system temporarily unavailable (error code 10008)")
+        ));
+        assert!(transient(false, &Failure("nats: no responders")));
+        assert!(!transient(false, &Failure("permissions violation")));
+        assert!(!transient(
+            false,
+            &Failure("maximum messages exceeded (error code 10077)")
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_pause_doubles_up_to_half_a_second() {
+        let mut pause = Backoff::default();
+        let mut seen = vec![];
+        for _ in 0..7 {
+            seen.push(pause.0.as_millis());
+            drop(pause.next());
+        }
+        assert_eq!(seen, [25, 50, 100, 200, 400, 500, 500]);
+    }
 }
