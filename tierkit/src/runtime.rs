@@ -48,6 +48,33 @@ pub struct NatsArgs {
 }
 
 impl NatsArgs {
+    /// A one-shot job over JetStream (the provisioning and model commands): connects as `name`,
+    /// runs `work`, flushes, all within `timeout`.
+    pub async fn run_job<F, Fut>(
+        &self,
+        name: &str,
+        timeout: Duration,
+        work: F,
+    ) -> anyhow::Result<()>
+    where
+        F: FnOnce(async_nats::jetstream::Context) -> Fut,
+        Fut: Future<Output = anyhow::Result<()>>,
+    {
+        let job = async {
+            let client = self.connect(name).await?;
+            work(async_nats::jetstream::new(client.clone())).await?;
+            client.flush().await?;
+            anyhow::Ok(())
+        };
+        tokio::time::timeout(timeout, job).await.map_err(|_| {
+            anyhow::anyhow!(
+                "not done within {} s (NATS at {})",
+                timeout.as_secs(),
+                self.url
+            )
+        })?
+    }
+
     pub fn local(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),

@@ -116,22 +116,12 @@ async fn execute(registry: &Registry, command: Command) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     args.log.init();
-    let work = async {
-        let client = args.nats.connect("clothesline-model").await?;
-        let js = async_nats::jetstream::new(client.clone());
-        let registry = Registry::create(&js, args.replicas).await?;
-        execute(&registry, args.command).await?;
-        client.flush().await?;
-        anyhow::Ok(())
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(args.timeout_secs), work)
+    let timeout = std::time::Duration::from_secs(args.timeout_secs);
+    let (replicas, command) = (args.replicas, args.command);
+    args.nats
+        .run_job("clothesline-model", timeout, |js| async move {
+            let registry = Registry::create(&js, replicas).await?;
+            execute(&registry, command).await
+        })
         .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "not done within {} s (NATS at {})",
-                args.timeout_secs,
-                args.nats.url
-            )
-        })??;
-    Ok(())
 }

@@ -43,22 +43,13 @@ async fn main() -> anyhow::Result<()> {
     }
     .with_replicas(args.replicas)
     .with_idempotency_window(std::time::Duration::from_secs(args.idempotency_window_secs));
-    let work = async {
-        let client = args.nats.connect("clothesline-provision").await?;
-        let js = async_nats::jetstream::new(client.clone());
-        provision(&js, &topology).await?;
-        client.flush().await?;
-        anyhow::Ok(())
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(args.timeout_secs), work)
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "NATS at {} not reachable within {} s",
-                args.nats.url,
-                args.timeout_secs
-            )
-        })??;
+    let timeout = std::time::Duration::from_secs(args.timeout_secs);
+    args.nats
+        .run_job("clothesline-provision", timeout, |js| async move {
+            provision(&js, &topology).await?;
+            Ok(())
+        })
+        .await?;
     println!(
         "provisioned streams, consumers, the results bucket and the model buckets on {}",
         args.nats.url
