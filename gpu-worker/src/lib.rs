@@ -40,8 +40,6 @@ pub mod trace;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -52,7 +50,8 @@ use tierkit::cancel;
 use tierkit::models::Registry;
 use tierkit::provision::wait_for_consumer;
 use tierkit::pull::PullSource;
-use tierkit::runtime::{Grace, ReadyCheck, bounded, nats_connected, serve_health, token_from};
+use tierkit::runtime::{Grace, bounded, token_from};
+use tierkit::worker::{Health, Readiness, flush_within};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, DeviceChoice};
@@ -66,42 +65,9 @@ use crate::reply::Responder;
 use crate::rollout::Follower;
 use crate::serving::{Serving, Version};
 
-/// Readiness: NATS connected, consumer found and pulled from, model loaded and warmed up, not
-/// shutting down.
-#[derive(Default)]
-struct Readiness {
-    client: OnceLock<async_nats::Client>,
-    /// Whether the last pull could be opened (set once the consumer is found).
-    pulling: OnceLock<Arc<AtomicBool>>,
-    model_ready: AtomicBool,
-    stopping: AtomicBool,
-}
-
-impl Readiness {
-    fn check(&self) -> Result<(), String> {
-        if self.stopping.load(Ordering::Relaxed) {
-            return Err("shutting down".into());
-        }
-        if !self.model_ready.load(Ordering::Relaxed) {
-            return Err("model not loaded and warmed up yet".into());
-        }
-        match self.client.get() {
-            None => return Err("not connected to NATS yet".into()),
-            Some(c) if !nats_connected(c) => return Err("NATS connection lost".into()),
-            Some(_) => {}
-        }
-        if !self
-            .pulling
-            .get()
-            .is_some_and(|p| p.load(Ordering::Relaxed))
-        {
-            return Err(format!(
-                "not pulling from consumer {GPU_WORKER_CONSUMER} on stream {TENSORS_STREAM} (yet)"
-            ));
-        }
-        Ok(())
-    }
-}
+/// How long a stopping worker waits for its model policy follower (at most: never beyond the
+/// grace).
+const FOLLOWER_STOPS_WITHIN: Duration = Duration::from_secs(2);
 
 /// Runs the tier until `shutdown` resolves, then finishes the batches it holds and returns.
 /// Fails if the model cannot be loaded, or the engine stops.
@@ -114,24 +80,19 @@ pub async fn run(
     let manifest = Manifest::load(&config.manifest)?;
     let metrics = Metrics::new();
 
-    let readiness = Arc::new(Readiness::default());
-    let ready: ReadyCheck = {
-        let r = readiness.clone();
-        Arc::new(move || r.check())
-    };
-    // The health server outlives the drain: it stops when `run` returns.
-    let health_token = CancellationToken::new();
-    let _stop_health = health_token.clone().drop_guard();
-    let (health_addr, _health) = serve_health(
+    let readiness = Arc::new(
+        Readiness::new(TENSORS_STREAM, GPU_WORKER_CONSUMER)
+            .with_gate("model not loaded and warmed up yet"),
+    );
+    // Up until `run` returns: it answers "not ready" while the tier drains.
+    let health = Health::serve(
         config.http_addr,
-        ready,
+        readiness.clone(),
         metrics.registry.clone(),
-        health_token.clone(),
     )
-    .await
-    .with_context(|| format!("cannot serve health on {}", config.http_addr))?;
+    .await?;
     tracing::info!(
-        %health_addr, model = %manifest.name, version = %manifest.version,
+        health_addr = %health.addr, model = %manifest.name, version = %manifest.version,
         device = %config.device,
         omp_wait_policy = std::env::var("OMP_WAIT_POLICY").as_deref().unwrap_or("(libgomp default)"),
         "gpu-worker starting"
@@ -151,7 +112,7 @@ pub async fn run(
     let engine = Engine::start(base.clone());
     let nats = async {
         let client = config.nats.connect("clothesline-gpu-worker").await?;
-        let _ = readiness.client.set(client.clone());
+        readiness.connected(&client);
         let js = jetstream::new(client.clone());
         let consumer = wait_for_consumer(&js, TENSORS_STREAM, GPU_WORKER_CONSUMER, &token).await;
         // Without the model buckets (not provisioned), the shipped model serves, as before.
@@ -170,7 +131,7 @@ pub async fn run(
         tracing::info!("shut down before the consumer was found");
         return Ok(());
     };
-    readiness.model_ready.store(true, Ordering::Relaxed);
+    readiness.open_gate();
 
     let info = engine.info().clone();
     if let tch::Device::Cuda(index) = info.device {
@@ -218,22 +179,19 @@ pub async fn run(
     let batcher = Batcher::new(context, max_delay).with_idle_dispatch(config.dispatch_when_idle);
     // No more tensors pulled than a batch holds: at most one batch waits here.
     let source = PullSource::start(consumer, info.max_batch, &token, &grace, "tensors");
-    let _ = readiness.pulling.set(source.pulling());
+    readiness.pulling_from(&source);
     let result = batcher.run(source, &token, &grace).await;
-    readiness.stopping.store(true, Ordering::Relaxed);
-    // The follower deletes this worker's serving report and drops its hold on the engines.
-    if let Some(follower) = follower
-        && tokio::time::timeout(Duration::from_secs(2), follower)
-            .await
-            .is_err()
-    {
-        tracing::warn!("the model policy follower did not stop within 2 s");
+    readiness.stopping();
+    // The follower deletes this worker's serving report and drops its hold on the engines;
+    // waited for a moment, never beyond the grace.
+    if let Some(follower) = follower {
+        let until = grace
+            .ends()
+            .min(tokio::time::Instant::now() + FOLLOWER_STOPS_WITHIN);
+        bounded(until, "stop the model policy follower", follower).await;
     }
 
-    // Bounded: a flush waits for a server that may be gone (then it would never end).
-    if let Some(Err(e)) = bounded(grace.ends(), "flush NATS", client.flush()).await {
-        tracing::warn!(error = %e, "cannot flush NATS on shutdown");
-    }
+    flush_within(&client, &grace).await;
     // The batcher held the last engine handle: each thread ends after its batch. Waited for
     // until the grace's end also when batches were abandoned: leaving while libtorch still runs
     // one can crash (SIGSEGV) in its static destructors. A plain thread joins them, so a batch

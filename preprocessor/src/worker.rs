@@ -7,8 +7,7 @@
 //! process exits in time whatever NATS does.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
@@ -17,7 +16,8 @@ use protocol::names::{PREPROCESSOR_CONSUMER, REQUESTS_STREAM};
 use tierkit::cancel;
 use tierkit::provision::wait_for_consumer;
 use tierkit::pull::{PullSource, Pulled, hand_back};
-use tierkit::runtime::{Grace, ReadyCheck, bounded, nats_connected, serve_health, token_from};
+use tierkit::runtime::{Grace, token_from};
+use tierkit::worker::{Health, Readiness, flush_within};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -34,38 +34,6 @@ use crate::settle::Settler;
 struct Handler {
     pipeline: Pipeline,
     settler: Settler,
-}
-
-/// Readiness: connected to NATS, consumer found and pulled from, not shutting down.
-#[derive(Default)]
-struct Readiness {
-    client: OnceLock<async_nats::Client>,
-    /// Whether the last pull could be opened (set once the consumer is found).
-    pulling: OnceLock<Arc<AtomicBool>>,
-    stopping: AtomicBool,
-}
-
-impl Readiness {
-    fn check(&self) -> Result<(), String> {
-        if self.stopping.load(Ordering::Relaxed) {
-            return Err("shutting down".into());
-        }
-        match self.client.get() {
-            None => return Err("not connected to NATS yet".into()),
-            Some(c) if !nats_connected(c) => return Err("NATS connection lost".into()),
-            Some(_) => {}
-        }
-        if !self
-            .pulling
-            .get()
-            .is_some_and(|p| p.load(Ordering::Relaxed))
-        {
-            return Err(format!(
-                "not pulling from consumer {PREPROCESSOR_CONSUMER} on stream {REQUESTS_STREAM} (yet)"
-            ));
-        }
-        Ok(())
-    }
 }
 
 /// Runs the tier until `shutdown` resolves, then drains and returns.
@@ -87,31 +55,23 @@ pub async fn run(
         metrics.clone(),
     );
 
-    let readiness = Arc::new(Readiness::default());
-    let ready: ReadyCheck = {
-        let r = readiness.clone();
-        Arc::new(move || r.check())
-    };
-    // The health server outlives the drain: it stops when `run` returns.
-    let health_token = CancellationToken::new();
-    let _stop_health = health_token.clone().drop_guard();
-    let (health_addr, _health) = serve_health(
+    let readiness = Arc::new(Readiness::new(REQUESTS_STREAM, PREPROCESSOR_CONSUMER));
+    // Up until `run` returns: it answers "not ready" while the tier drains.
+    let health = Health::serve(
         config.http_addr,
-        ready,
+        readiness.clone(),
         metrics.registry.clone(),
-        health_token.clone(),
     )
-    .await
-    .with_context(|| format!("cannot serve health on {}", config.http_addr))?;
+    .await?;
     tracing::info!(
-        %health_addr, model = %manifest.name, version = %manifest.version,
+        health_addr = %health.addr, model = %manifest.name, version = %manifest.version,
         width = manifest.input.width, height = manifest.input.height,
         concurrency = config.concurrency, cpu_threads = config.cpu_threads,
         allow_private_addresses = config.allow_private_addresses, "preprocessor starting"
     );
 
     let client = config.nats.connect("clothesline-preprocessor").await?;
-    let _ = readiness.client.set(client.clone());
+    readiness.connected(&client);
     let js = jetstream::new(client.clone());
     let Some(consumer) =
         wait_for_consumer(&js, REQUESTS_STREAM, PREPROCESSOR_CONSUMER, &token).await
@@ -148,19 +108,17 @@ pub async fn run(
         &grace,
         "requests",
     );
-    let _ = readiness.pulling.set(source.pulling());
+    readiness.pulling_from(&source);
     let handler = Handler { pipeline, settler };
     let mut in_flight = InFlight::default();
     consume(&mut source, &token, &handler, &mut in_flight).await;
 
-    readiness.stopping.store(true, Ordering::Relaxed);
+    readiness.stopping();
     follower.abort();
     // What arrives for the last pull is handed back once it ends, while the requests in flight
     // finish.
     tokio::join!(source.drain(Vec::new()), in_flight.drain(&grace));
-    if let Some(Err(e)) = bounded(grace.ends(), "flush NATS", client.flush()).await {
-        tracing::warn!(error = %e, "cannot flush NATS on shutdown");
-    }
+    flush_within(&client, &grace).await;
     tracing::info!("preprocessor stopped");
     Ok(())
 }

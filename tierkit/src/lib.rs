@@ -8,7 +8,9 @@
 //!   readiness, hand-back on shutdown, in-progress acks);
 //! - [`publish`]: a JetStream publish retried through a leader election or a reconnect;
 //! - [`cancel`]: the subscription that fills a worker's cancelled-id set;
-//! - [`models`]: the model buckets' operations (and the `clothesline-model` binary).
+//! - [`models`]: the model buckets' operations (and the `clothesline-model` binary);
+//! - [`worker`]: what both worker tiers do around their work: readiness, the health server, the
+//!   last flush.
 
 pub mod cancel;
 pub mod models;
@@ -17,3 +19,4 @@ pub mod publish;
 pub mod pull;
 pub mod runtime;
 pub mod telemetry;
+pub mod worker;
