@@ -9,8 +9,9 @@
 //! - **Fetch.** One pull at a time, each expiring after [`PULL_EXPIRES`] on the server.
 //! - **Backoff.** A pull that cannot be opened, or fails, is retried after a pause that doubles
 //!   from 100 ms up to [`MAX_RESTART_DELAY`] and is reset by the first message that arrives.
-//! - **Readiness.** [`PullSource::pulling`] says whether the last pull could be opened: the
-//!   tier's readiness reports it.
+//! - **Readiness.** [`PullSource::pulling`] says whether pulling works: the last pull could be
+//!   opened and brought messages or ended as asked, not with an error from the server (the
+//!   consumer deleted, no JetStream); the tier's readiness reports it.
 //! - **Stopping.** On shutdown no pull is opened any more; what arrives for the open pull is not
 //!   handed to the tier but given back (nak, no delay) once that pull has ended (at most
 //!   [`PULL_EXPIRES`], or the grace's work end when a server gone away never ends it): earlier,
@@ -117,7 +118,8 @@ impl PullSource {
         self.messages.recv().await
     }
 
-    /// Whether the last pull could be opened (for readiness).
+    /// Whether pulling works (for readiness): false until a pull brings a message or ends as
+    /// asked, and again after a pull fails.
     pub fn pulling(&self) -> Arc<AtomicBool> {
         self.pulling.clone()
     }
@@ -167,7 +169,6 @@ impl Puller {
             let batch = match pull {
                 Ok(batch) => {
                     tracing::trace!(asked = credits.len(), what = self.what, "pull opened");
-                    self.pulling.store(true, Ordering::Relaxed);
                     batch
                 }
                 Err(e) => {
@@ -227,6 +228,10 @@ impl Puller {
                     None
                 }
             };
+            // Pulling works while pulls bring messages or end as asked; a pull the server answers
+            // with an error (the consumer gone, no responders) says it does not.
+            self.pulling
+                .store(!matches!(next, Some(Err(_))), Ordering::Relaxed);
             match next {
                 Some(Ok(msg)) => {
                     tracing::trace!(stopping, what = self.what, "pulled a message");
