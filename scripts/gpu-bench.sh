@@ -3,8 +3,8 @@
 # GPU driver (root or sudo, internet for what is missing):
 #   1. checks the GPU (nvidia-smi: name, driver, CUDA version);
 #   2. installs what is missing: a C++ compiler, Rust (rustup, minimal profile) when `cargo` is
-#      not there, nats-server and the torch==2.13.0 venv (scripts/deps.sh; PyPI's Linux wheel
-#      carries CUDA), and checks that this torch has CUDA;
+#      not there, the pinned nats-server and the torch==2.13.0 venv (scripts/deps.sh; PyPI's
+#      Linux wheel carries CUDA), and checks that this torch has CUDA;
 #   3. builds the worker and `worker_bench` in release with libtorch_cuda really linked (checked
 #      with ldd);
 #   4. runs `worker_bench --device cuda` in fp32, then with `--half`: in-process images/s at
@@ -62,20 +62,6 @@ if command -v rustup >/dev/null 2>&1 && ! grep -q "^$TOOLCHAIN" <<<"$(rustup too
   rustup toolchain install "$TOOLCHAIN" --profile minimal
 fi
 
-# nats-server: Debian's package (scripts/deps.sh), else the release from GitHub where the
-# distribution has none.
-if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
-  sudo_if_needed apt-get update -qq
-  if ! apt-cache policy nats-server 2>/dev/null | grep -q 'Candidate: [0-9]'; then
-    NATS_VERSION=v2.10.22
-    case "$(uname -m)" in aarch64 | arm64) NATS_ARCH=arm64 ;; *) NATS_ARCH=amd64 ;; esac
-    say "installing nats-server $NATS_VERSION from GitHub (no distribution package)"
-    curl -fsSL "https://github.com/nats-io/nats-server/releases/download/$NATS_VERSION/nats-server-$NATS_VERSION-linux-$NATS_ARCH.tar.gz" |
-      tar -xz -C /tmp
-    sudo_if_needed install -m 0755 "/tmp/nats-server-$NATS_VERSION-linux-$NATS_ARCH/nats-server" /usr/local/bin/nats-server
-  fi
-fi
-
 # torch==2.13.0: PyPI's Linux wheel is built for CUDA 13, which needs a driver that reports CUDA
 # 13 or later. With an older driver, the wheel for CUDA 12.8 (or 12.6) comes from PyTorch's own
 # index, in a venv of its own (TORCH_INDEX_URL chooses another index).
@@ -100,7 +86,8 @@ if [ -n "${TORCH_INDEX_URL:-}" ]; then
   fi
 fi
 
-# nats-server and the rest of the venv (exports TORCH_VENV, TORCH_LIB, LIBTORCH_USE_PYTORCH, ...);
+# nats-server (the pinned release, as everywhere) and the rest of the venv (exports TORCH_VENV,
+# TORCH_LIB, LIBTORCH_USE_PYTORCH, ...);
 # `torch==2.13.0` there is satisfied by the local build above (2.13.0+cu128).
 # shellcheck source=scripts/deps.sh
 source scripts/deps.sh
