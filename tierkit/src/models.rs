@@ -93,25 +93,20 @@ impl Registry {
             )));
         }
         let v = &manifest.version;
-        self.models
-            .put(
-                format!("{v}/{MODEL_OBJECT}").as_str(),
-                &mut bytes.as_slice(),
-            )
-            .await
-            .map_err(nats)?;
+        self.put_object(&format!("{v}/{MODEL_OBJECT}"), &bytes)
+            .await?;
         let mut stored = manifest.clone();
         stored.file = MODEL_OBJECT.into();
         let json = serde_json::to_vec_pretty(&stored).map_err(|e| nats(e.to_string()))?;
-        self.models
-            .put(
-                format!("{v}/{MANIFEST_OBJECT}").as_str(),
-                &mut json.as_slice(),
-            )
-            .await
-            .map_err(nats)?;
+        self.put_object(&format!("{v}/{MANIFEST_OBJECT}"), &json)
+            .await?;
         self.fetch(v).await?;
         Ok(true)
+    }
+
+    async fn put_object(&self, name: &str, mut bytes: &[u8]) -> Result<(), RegistryError> {
+        self.models.put(name, &mut bytes).await.map_err(nats)?;
+        Ok(())
     }
 
     /// The manifest of a published version; `None` when it is not published.
