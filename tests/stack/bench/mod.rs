@@ -30,6 +30,7 @@ mod tracing;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -81,12 +82,24 @@ pub struct Common {
     pub definitions: Option<PathBuf>,
 }
 
+/// Runs the benchmark; on SIGTERM or SIGINT it is dropped, and with it what it started (the
+/// stacks' processes, the load generator, the servers: each killed on drop).
 pub async fn run(args: BenchArgs) -> anyhow::Result<bool> {
-    match args.which {
-        Which::Pipeline(a) => pipeline::run(a).await,
-        Which::Ingress(a) => ingress::run(a).await,
-        Which::Plumbing(a) => plumbing::run(a).await,
-        Which::Tracing(a) => tracing::run(a).await,
-    }
-    .map(|()| true)
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let bench = async {
+        match args.which {
+            Which::Pipeline(a) => pipeline::run(a).await,
+            Which::Ingress(a) => ingress::run(a).await,
+            Which::Plumbing(a) => plumbing::run(a).await,
+            Which::Tracing(a) => tracing::run(a).await,
+        }
+    };
+    let stopped_by = tokio::select! {
+        done = bench => return done.map(|()| true),
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    eprintln!("clothesline-stack bench: {stopped_by}: stopped");
+    Ok(false)
 }
