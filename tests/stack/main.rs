@@ -1,15 +1,19 @@
 //! `clothesline-stack`: the local stack of the integration harness (tests/src/stack.rs,
-//! tests/src/cluster.rs), as a command for the scripts (`scripts/up.sh`, `scripts/lib/stack.sh`,
-//! `scripts/chaos.sh`):
+//! tests/src/cluster.rs), as a command for the scripts (`scripts/up.sh`, `scripts/chaos.sh`, the
+//! `scripts/bench*.sh`):
 //!
 //! - `up`: nats-server (or a 3-node cluster, streams at 3 replicas), provisioning, the tiers;
 //!   writes their endpoints as `KEY=value` lines, prints `ready`, and holds until SIGTERM or
 //!   SIGINT; then stops the tiers, then NATS, each within its grace;
 //! - `chaos`: a steady load while tiers and NATS servers are SIGKILLed and restarted; reports
 //!   what every caller got and writes the Markdown section of RELIABILITY.md;
+//! - `bench pipeline|ingress|plumbing|tracing`: the benchmarks of the `scripts/bench*.sh`
+//!   (tests/stack/bench/), each on stacks of its own; raw results for `clothesline-loadtest
+//!   report`, then their section of BENCHMARKS.md;
 //! - `ports N`: N free TCP ports, no two alike;
 //! - `drained`: waits until the work queues of a running stack are drained.
 
+mod bench;
 mod chaos;
 mod endpoints;
 mod options;
@@ -38,6 +42,8 @@ enum Command {
     Up(up::UpArgs),
     /// The chaos run: load, SIGKILLs and restarts, the report.
     Chaos(chaos::ChaosArgs),
+    /// A benchmark: its stacks, its load tests, its raw results, its section of BENCHMARKS.md.
+    Bench(bench::BenchArgs),
     /// Print N free TCP ports of 127.0.0.1, one per line, no two alike.
     Ports {
         #[arg(default_value_t = 1)]
@@ -78,6 +84,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Up(args) => up::run(args).await,
             Command::Chaos(args) => chaos::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
             Command::Drained { nats_url, timeout } => {
                 let within = Duration::from_secs(timeout);
                 let drained = running::drained(&nats_url, within).await?;
