@@ -1,10 +1,8 @@
-//! Answering: the JSON [`Reply`] over core NATS to the request's reply subject, then the
-//! JetStream ack. The ack is sent only after the reply was handed to the connection, on the same
+//! Answering: the [`Reply`] over core NATS to the request's reply subject
+//! ([`tierkit::reply`]), then the JetStream ack. The ack is sent only after the reply was handed to the connection, on the same
 //! connection, so the server sees the reply first.
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::{AckKind, Message};
-use protocol::messages::Outcome;
 use protocol::{Error, ErrorCode, Prediction, Reply, RequestMeta, Timings};
 
 use crate::metrics::Metrics;
@@ -17,15 +15,6 @@ pub struct Responder {
     metrics: Metrics,
 }
 
-/// The headers of a reply: request id, content type, the error code on errors, the model version
-/// on predictions, the trace context.
-pub fn reply_headers(meta: &RequestMeta, reply: &Reply) -> HeaderMap {
-    match &reply.outcome {
-        Outcome::Error(e) => meta.reply_headers(Some(e.code), None),
-        Outcome::Prediction(p) => meta.reply_headers(None, Some(&p.model.version)),
-    }
-}
-
 impl Responder {
     pub fn new(client: async_nats::Client, metrics: Metrics) -> Self {
         Self { client, metrics }
@@ -33,22 +22,8 @@ impl Responder {
 
     /// Publishes `reply` to the request's reply subject, if it has one; `false` if that failed.
     async fn publish(&self, meta: &RequestMeta, reply: &Reply) -> bool {
-        let Some(subject) = &meta.reply_to else {
-            return true;
-        };
-        let headers = reply_headers(meta, reply);
         let _span = crate::trace::reply_span(meta, reply);
-        match self
-            .client
-            .publish_with_headers(subject.clone(), headers, reply.encode().into())
-            .await
-        {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(request_id = %meta.request_id, %subject, error = %e, "cannot publish reply");
-                false
-            }
-        }
+        tierkit::reply::send(&self.client, meta, reply).await
     }
 
     /// Answers with `version`'s prediction and acks. If the reply cannot be published the
@@ -122,53 +97,5 @@ impl Responder {
 pub async fn ack(msg: &Message, meta: &RequestMeta, kind: AckKind) {
     if let Err(e) = msg.ack_with(kind).await {
         tracing::warn!(request_id = %meta.request_id, ?kind, error = %e, "cannot ack");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use protocol::ModelRef;
-    use protocol::names::*;
-
-    #[test]
-    fn error_replies_carry_the_code_header() {
-        let mut meta = RequestMeta::new(protocol::meta::new_request_id())
-            .with_reply_to("clothesline.replies.x");
-        meta.traceparent = Some("00-a-b-01".into());
-        let ok = Reply::prediction(
-            meta.request_id.clone(),
-            Prediction {
-                model: ModelRef {
-                    name: "m".into(),
-                    version: "1".into(),
-                },
-                classes: vec!["a".into()],
-                logits: vec![0.5],
-                timings: Timings::default(),
-            },
-        );
-        let h = reply_headers(&meta, &ok);
-        assert_eq!(
-            h.get(HEADER_REQUEST_ID).map(|v| v.as_str()),
-            Some(meta.request_id.as_str())
-        );
-        assert_eq!(
-            h.get(HEADER_CONTENT_TYPE).map(|v| v.as_str()),
-            Some(CONTENT_TYPE_JSON)
-        );
-        assert!(h.get(HEADER_ERROR).is_none());
-        assert_eq!(h.get(HEADER_MODEL_VERSION).map(|v| v.as_str()), Some("1"));
-        assert_eq!(
-            h.get(HEADER_TRACEPARENT).map(|v| v.as_str()),
-            Some("00-a-b-01")
-        );
-        let err = Reply::error("r", Error::new(ErrorCode::BadTensor, "x"));
-        assert_eq!(
-            reply_headers(&meta, &err)
-                .get(HEADER_ERROR)
-                .map(|v| v.as_str()),
-            Some("bad_tensor")
-        );
     }
 }

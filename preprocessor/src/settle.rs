@@ -339,18 +339,8 @@ impl Settler {
     ///
     /// [`handle`]: Settler::handle
     async fn reply_error(&self, meta: &RequestMeta, error: Error) {
-        let Some(reply_to) = meta.reply_to.as_deref() else {
-            return;
-        };
-        let headers = meta.reply_headers(Some(error.code), None);
-        let body = Reply::error(meta.request_id.clone(), error).encode();
-        if let Err(e) = self
-            .client
-            .publish_with_headers(reply_to.to_owned(), headers, body.into())
-            .await
-        {
-            tracing::warn!(request_id = %meta.request_id, reply_to, error = %e, "cannot publish the error reply");
-        }
+        let reply = Reply::error(meta.request_id.clone(), error);
+        tierkit::reply::send(&self.client, meta, &reply).await;
     }
 }
 
