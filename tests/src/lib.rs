@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod examples;
 pub mod files;
+pub mod keda;
 pub mod load;
 pub mod nats;
 pub mod origin;

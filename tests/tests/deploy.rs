@@ -17,7 +17,7 @@ use std::process::{Command, Output};
 use async_nats::HeaderMap;
 use async_nats::jetstream;
 use clothesline_tests::nats::{NatsServer, ROLES};
-use clothesline_tests::paths;
+use clothesline_tests::{keda, paths};
 use futures::StreamExt;
 use protocol::names::{
     GPU_WORKER_CONSUMER, HEADER_NATS_MSG_ID, PREPROCESSOR_CONSUMER, REQUESTS_STREAM,
@@ -98,22 +98,6 @@ fn deployment_files_pass_the_offline_checks() {
     );
 }
 
-/// The lag KEDA's nats-jetstream scaler computes from `/jsz?acc=<account>&consumers=true&config=true`:
-/// the account, then the stream, then the consumer by name; `num_pending + num_ack_pending`.
-fn keda_lag(jsz: &Value, account: &str, stream: &str, consumer: &str) -> Option<u64> {
-    let accounts = jsz["account_details"].as_array()?;
-    let account = accounts.iter().find(|a| a["name"] == account)?;
-    let stream = account["stream_detail"]
-        .as_array()?
-        .iter()
-        .find(|s| s["name"] == stream)?;
-    let consumer = stream["consumer_detail"]
-        .as_array()?
-        .iter()
-        .find(|c| c["name"] == consumer)?;
-    Some(consumer["num_pending"].as_u64()? + consumer["num_ack_pending"].as_u64()?)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jsz_has_the_pending_count_of_every_scaled_objects_consumer() {
     let out = check_py(&["scaledobjects"]);
@@ -186,9 +170,13 @@ async fn jsz_has_the_pending_count_of_every_scaled_objects_consumer() {
             nats.monitor_port
         );
         let jsz: Value = http.get(&url).send().await.unwrap().json().await.unwrap();
-        let lag = keda_lag(&jsz, account, stream, name).unwrap_or_else(|| {
-            panic!("{trigger}: account {account}, stream {stream}, consumer {name} not in {url}")
-        });
+        let lag = keda::consumer_detail(&jsz, account, stream, name)
+            .and_then(keda::lag)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{trigger}: account {account}, stream {stream}, consumer {name} not in {url}"
+                )
+            });
         assert_eq!(lag, queued[stream], "{trigger}");
         let activation: u64 = trigger["activationLagThreshold"]
             .as_str()
